@@ -83,6 +83,16 @@ class RoomsTask(TaskEnv[np.ndarray]):
         self._task = goals.astype(np.int64)
         self._trails = []
 
+    @property
+    def position(self) -> np.ndarray:
+        """The agent's cell ``(x, y)``."""
+        return self._position.copy()
+
+    @property
+    def next_goal(self) -> int:
+        """Index of the goal that pays next in this sub-episode (N-1 once the last goal is reachable)."""
+        return self._next_goal
+
     # -- dynamics ----------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
