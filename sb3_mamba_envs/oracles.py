@@ -8,6 +8,7 @@ function ``obs -> action`` for a made env of this package.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Callable
 
@@ -108,3 +109,28 @@ def oracle_policy(env) -> Policy:
     if type(task_env).__name__ == "ReacherTask":  # avoid importing dm_control for the 2-D envs
         return _reacher_oracle(task_env)
     raise TypeError(f"No oracle for {type(task_env).__name__}.")
+
+
+def play_scripted(env, policy_name: str, episodes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Play ``episodes`` seeded meta-episodes with the ``"random"`` or ``"oracle"`` policy.
+
+    Returns (meta-episode returns, per-sub-episode returns of shape
+    (episodes, K), env steps per second of wall time).
+    """
+    if policy_name not in ("random", "oracle"):
+        raise ValueError(f"policy_name must be 'random' or 'oracle', got {policy_name!r}.")
+    returns, sub_returns, steps = [], [], 0
+    start = time.perf_counter()
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        env.action_space.seed(seed + episode)
+        policy = oracle_policy(env) if policy_name == "oracle" else (lambda _obs: env.action_space.sample())
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(policy(obs))
+            total += reward
+            steps += 1
+            done = terminated or truncated
+        returns.append(total)
+        sub_returns.append(info["sub_episode_returns"])
+    return np.array(returns), np.array(sub_returns), steps / (time.perf_counter() - start)
