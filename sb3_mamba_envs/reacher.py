@@ -36,6 +36,7 @@ from gymnasium import spaces
 from shimmy import DmControlCompatibilityV0
 
 from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv, reject_unknown_kwargs, require, require_int
+from sb3_mamba_envs.rendering import sub_episode_color
 
 GOAL_RADIUS = 0.05
 GOAL_DISC_RADIUS = 0.195  # 3 * 0.065, the reference's goal sampler
@@ -108,6 +109,9 @@ class ReacherTask(TaskEnv[np.ndarray]):
         self.observation_space = spaces.Box(-bound, bound, dtype=np.float32)
         self.reward_bounds = (-CONTROL_COST * 2.0, 1.0)  # |a|^2 <= 2
         self.render_mode = render_mode
+        self.render_size = render_size
+        self._trails: list[list[np.ndarray]] = []  # fingertip (x, y, z) per step, one list per sub-episode
+        self._camera_matrix: np.ndarray | None = None
 
     @property
     def physics(self):
@@ -125,6 +129,7 @@ class ReacherTask(TaskEnv[np.ndarray]):
             raise ValueError(f"A Reacher-{self.num_goals} task is an ({self.num_goals}, 2) goal array, got {task!r}.")
         self._task = goals
         self.dm_task.goals = goals
+        self._trails = []
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -132,19 +137,41 @@ class ReacherTask(TaskEnv[np.ndarray]):
         # dm_control's task draws the arm's initial joints from its own RandomState;
         # seed it from our generator so one seeded stream drives everything.
         obs, _ = self._dm_env.reset(seed=int(self.np_random.integers(2**31 - 1)))
+        if self.render_mode is not None:
+            self._trails.append([self._fingertip()])
         return self._flatten(obs), {}
 
     def step(self, action: np.ndarray):
         obs, reward, terminated, truncated, _ = self._dm_env.step(np.asarray(action, dtype=np.float64))
         info = {"current_goal": self.dm_task.current_goal}
+        if self.render_mode is not None:
+            self._trails[-1].append(self._fingertip())
         return self._flatten(obs), float(reward), bool(terminated), bool(truncated), info
 
     @staticmethod
     def _flatten(obs: dict[str, np.ndarray]) -> np.ndarray:
         return np.concatenate([obs["velocity"], obs["fingertip"]]).astype(np.float32)
 
+    def _fingertip(self) -> np.ndarray:
+        return self.physics.named.data.geom_xpos["finger"].copy()
+
     def render(self) -> np.ndarray | None:
-        return self._dm_env.render() if self.render_mode == "rgb_array" else None
+        if self.render_mode != "rgb_array":
+            return None
+        frame = self._dm_env.render().copy()
+        if self._camera_matrix is None:
+            # camera 0 of the reacher is fixed: its projection never changes
+            from dm_control.mujoco.engine import Camera
+
+            self._camera_matrix = Camera(self.physics, self.render_size, self.render_size, 0).matrix
+        for k, trail in enumerate(self._trails):
+            points = np.c_[np.asarray(trail), np.ones(len(trail))] @ self._camera_matrix.T  # (n, 3)
+            cols, rows = (points[:, :2] / points[:, 2:]).round().astype(int).T
+            keep = (rows >= 1) & (rows < self.render_size - 1) & (cols >= 1) & (cols < self.render_size - 1)
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    frame[rows[keep] + dr, cols[keep] + dc] = sub_episode_color(k)
+        return frame
 
     def close(self) -> None:
         self._dm_env.close()
