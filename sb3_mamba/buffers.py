@@ -1,0 +1,191 @@
+"""Replay of whole meta-episodes (paper Sec. 3.3: "sampling full meta-episodes").
+
+Each stored meta-episode is one sequence of ``L = steps + 1`` entries; entry
+``t`` holds what the world model sees at time t (Dreamer's convention):
+
+* ``obs[t]``: the observation o_t (o_0 from reset, the terminal/truncation
+  observation last);
+* ``action[t]``: the action that led to o_t (zeros at t = 0);
+* ``reward[t]``: the reward received on arriving at o_t (0 at t = 0);
+* ``terminated[t]``: o_t is a real terminal state (continue target 0).
+
+MAMBA samples batches of whole meta-episodes from step 0, cut to the current
+prefix H' (:meth:`MetaEpisodeBuffer.sample_prefixes`); the Dreamer presets
+sample fixed-length windows from random starts (:meth:`sample_windows`).
+Observations keep their native dtype (uint8 images stay uint8). Capacity is in
+stored entries; the oldest meta-episodes are dropped first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from gymnasium import spaces
+
+Obs = Any  # np.ndarray or dict[str, np.ndarray]
+
+
+def _map(fn: Callable[[np.ndarray], np.ndarray], obs: Obs) -> Obs:
+    return {key: fn(value) for key, value in obs.items()} if isinstance(obs, dict) else fn(obs)
+
+
+def _nbytes(obs: Obs) -> int:
+    return sum(v.nbytes for v in obs.values()) if isinstance(obs, dict) else obs.nbytes
+
+
+@dataclass
+class MetaEpisodeBatch:
+    """A batch of sequences, time-major inside each sequence: every field is ``(B, L, ...)``."""
+
+    obs: Obs
+    action: np.ndarray  # (B, L, A) float32 (one-hot for Discrete)
+    reward: np.ndarray  # (B, L) float32
+    terminated: np.ndarray  # (B, L) bool
+    is_first: np.ndarray  # (B, L) bool: the RSSM starts from its initial state here
+    mask: np.ndarray  # (B, L) bool: False on padding past the end of a shorter meta-episode
+
+
+class MetaEpisodeBuffer:
+    """Stores complete meta-episodes from ``n_envs`` parallel envs.
+
+    :param capacity: most entries kept (reference: 1e6); the oldest meta-episodes are dropped first.
+    :param observation_space: a ``Box`` or a ``Dict`` of ``Box`` spaces.
+    :param action_space: ``Box`` (stored as float32) or ``Discrete`` (stored as one-hot float32).
+    :param n_envs: number of parallel envs feeding :meth:`add`.
+    """
+
+    def __init__(self, capacity: int, observation_space: spaces.Space, action_space: spaces.Space, n_envs: int = 1):
+        if capacity < 2:
+            raise ValueError(f"buffer capacity must be >= 2 entries, got {capacity}.")
+        if isinstance(action_space, spaces.Discrete):
+            self.action_dim = int(action_space.n)
+        elif isinstance(action_space, spaces.Box):
+            self.action_dim = int(np.prod(action_space.shape))
+        else:
+            raise ValueError(f"Unsupported action space {action_space}: use Box or Discrete.")
+        self.capacity = int(capacity)
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.n_envs = n_envs
+        self.episodes: deque[dict[str, Any]] = deque()
+        self.num_entries = 0
+        self.num_episodes_added = 0
+        self._open: list[list[tuple] | None] = [None] * n_envs  # in-progress meta-episode per env
+
+    # -- writing ---------------------------------------------------------------
+    def _action_vector(self, action: Any) -> np.ndarray:
+        if isinstance(self.action_space, spaces.Discrete):
+            one_hot = np.zeros(self.action_dim, dtype=np.float32)
+            one_hot[int(action) - int(self.action_space.start)] = 1.0
+            return one_hot
+        return np.asarray(action, dtype=np.float32).reshape(self.action_dim)
+
+    def add(self, obs: Obs, next_obs: Obs, action: np.ndarray, reward: np.ndarray,
+            terminated: np.ndarray, done: np.ndarray) -> None:
+        """Record one vectorised step of all ``n_envs`` envs.
+
+        ``obs`` is what each env showed before acting; ``next_obs`` what it showed
+        after, with the *final* observation of a finished meta-episode (a VecEnv's
+        ``info["terminal_observation"]``) in place of the next reset's. A
+        meta-episode is stored once its env reports ``done``.
+        """
+        for i in range(self.n_envs):
+            if self._open[i] is None:
+                zero_action = np.zeros(self.action_dim, dtype=np.float32)
+                # np.array copies: VecEnvs reuse their observation arrays
+                self._open[i] = [(_map(lambda v: np.array(v[i]), obs), zero_action, 0.0, False)]
+            self._open[i].append((
+                _map(lambda v: np.array(v[i]), next_obs),
+                self._action_vector(action[i]),
+                float(reward[i]),
+                bool(terminated[i]),
+            ))
+            if done[i]:
+                self._store(self._open[i])
+                self._open[i] = None
+
+    def _store(self, entries: list[tuple]) -> None:
+        observations = [e[0] for e in entries]
+        if isinstance(observations[0], dict):
+            obs = {key: np.stack([o[key] for o in observations]) for key in observations[0]}
+        else:
+            obs = np.stack(observations)
+        episode = {
+            "obs": obs,
+            "action": np.stack([e[1] for e in entries]),
+            "reward": np.array([e[2] for e in entries], dtype=np.float32),
+            "terminated": np.array([e[3] for e in entries], dtype=bool),
+        }
+        self.episodes.append(episode)
+        self.num_entries += len(entries)
+        self.num_episodes_added += 1
+        while self.num_entries > self.capacity and len(self.episodes) > 1:
+            self.num_entries -= len(self.episodes.popleft()["reward"])
+
+    # -- reading ---------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of stored (complete) meta-episodes."""
+        return len(self.episodes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored meta-episodes (what ``train/buffer_bytes`` reports)."""
+        return sum(_nbytes(ep["obs"]) + ep["action"].nbytes + ep["reward"].nbytes + ep["terminated"].nbytes
+                   for ep in self.episodes)
+
+    def _gather(self, picks: list[tuple[int, int]], length: int) -> MetaEpisodeBatch:
+        """Copy ``length`` entries from (episode index, start) pairs into one padded batch."""
+        batch_size = len(picks)
+        first = self.episodes[picks[0][0]]
+        obs = _map(lambda v: np.zeros((batch_size, length) + v.shape[1:], dtype=v.dtype), first["obs"])
+        action = np.zeros((batch_size, length, self.action_dim), dtype=np.float32)
+        reward = np.zeros((batch_size, length), dtype=np.float32)
+        terminated = np.zeros((batch_size, length), dtype=bool)
+        mask = np.zeros((batch_size, length), dtype=bool)
+        is_first = np.zeros((batch_size, length), dtype=bool)
+        is_first[:, 0] = True
+        for b, (index, start) in enumerate(picks):
+            episode = self.episodes[index]
+            n = min(length, len(episode["reward"]) - start)
+            if isinstance(obs, dict):
+                for key in obs:
+                    obs[key][b, :n] = episode["obs"][key][start:start + n]
+            else:
+                obs[b, :n] = episode["obs"][start:start + n]
+            action[b, :n] = episode["action"][start:start + n]
+            reward[b, :n] = episode["reward"][start:start + n]
+            terminated[b, :n] = episode["terminated"][start:start + n]
+            mask[b, :n] = True
+        return MetaEpisodeBatch(obs, action, reward, terminated, is_first, mask)
+
+    def sample_prefixes(self, batch_size: int, length: int, rng: np.random.Generator) -> MetaEpisodeBatch:
+        """``batch_size`` meta-episodes (with replacement), each from step 0, cut to ``length`` entries.
+
+        Meta-episodes shorter than ``length`` are zero-padded (``mask`` False there).
+        """
+        self._check_sample(batch_size, length)
+        picks = [(int(i), 0) for i in rng.integers(len(self.episodes), size=batch_size)]
+        return self._gather(picks, length)
+
+    def sample_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> MetaEpisodeBatch:
+        """``batch_size`` windows of ``length`` entries from uniformly random starts (Dreamer's sampling).
+
+        The window's first entry is marked ``is_first``: the RSSM starts there
+        from its initial state, without the history before the window.
+        """
+        self._check_sample(batch_size, length)
+        picks = []
+        for i in rng.integers(len(self.episodes), size=batch_size):
+            episode_length = len(self.episodes[int(i)]["reward"])
+            start = int(rng.integers(max(episode_length - length, 0) + 1))
+            picks.append((int(i), start))
+        return self._gather(picks, length)
+
+    def _check_sample(self, batch_size: int, length: int) -> None:
+        if not self.episodes:
+            raise RuntimeError("The replay buffer holds no complete meta-episode yet.")
+        if batch_size < 1 or length < 1:
+            raise ValueError(f"batch_size and length must be >= 1, got {batch_size} and {length}.")
