@@ -1,0 +1,45 @@
+"""Small building blocks shared by the world model and the actor-critic (DreamerV3 style)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_out: bool = False) -> nn.Sequential:
+    """``layers`` x (Linear, LayerNorm, SiLU), then an optional Linear head to ``out_dim``.
+
+    ``zero_out`` initialises the head to zero (DreamerV3's reward and critic
+    heads start predicting 0, which avoids large early value targets).
+    """
+    blocks: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers):
+        blocks += [nn.Linear(dim, hidden, bias=False), nn.LayerNorm(hidden, eps=1e-3), nn.SiLU()]
+        dim = hidden
+    if out_dim is not None:
+        head = nn.Linear(dim, out_dim)
+        if zero_out:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        blocks.append(head)
+    return nn.Sequential(*blocks)
+
+
+class LayerNormGRUCell(nn.Module):
+    """DreamerV3's GRU cell: one fused Linear + LayerNorm for the three gates, update bias -1."""
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.linear = nn.Linear(input_dim + hidden_dim, 3 * hidden_dim, bias=False)
+        self.norm = nn.LayerNorm(3 * hidden_dim, eps=1e-3)
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim)
+        parts = self.norm(self.linear(torch.cat([x, h], dim=-1)))
+        reset, candidate, update = parts.split(self.hidden_dim, dim=-1)
+        reset = torch.sigmoid(reset)
+        candidate = torch.tanh(reset * candidate)
+        update = torch.sigmoid(update - 1.0)  # biased towards keeping the state
+        return update * candidate + (1.0 - update) * h

@@ -1,0 +1,131 @@
+"""Recurrent state-space model with discrete latents (DreamerV3), unrolled over whole meta-episodes.
+
+State: ``deter`` (B, D) GRU state and ``stoch`` (B, S, C) one-hot samples of S
+categoricals with C classes. ``feat = [flatten(stoch), deter]`` (B, S*C + D)
+is what the heads, actor and critic read.
+
+MAMBA unrolls the posterior over the whole sampled prefix from step 0
+(:meth:`RSSM.observe`), so the latent at every step has seen the
+meta-episode's history; the state is reset to the learned initial state only
+where ``is_first`` is set (a new meta-episode / task), never at sub-episode
+boundaries, which the env does not mark as episode starts.
+
+Per-step Python work is one GRU cell and two small MLPs: the observation half
+of the posterior's input layer is computed for all steps at once before the
+loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sb3_mamba.distributions import sample_one_hot, unimix_probs
+from sb3_mamba.networks import LayerNormGRUCell, mlp
+
+State = dict[str, Tensor]  # {"deter": (B, D), "stoch": (B, S, C), "logits": (B, S, C)}
+
+
+class RSSM(nn.Module):
+    """:param embed_dim: size of the observation embedding.
+    :param action_dim: action vector size (one-hot size for Discrete).
+    :param deter: GRU state size (``dyn_deter``, 512).
+    :param stoch: number of categorical latents (``dyn_stoch``, MAMBA 16, Dreamer-Vanilla 32).
+    :param classes: classes per latent (``dyn_discrete``, MAMBA 16, Dreamer-Vanilla 32).
+    :param hidden: width of the MLPs inside the cell (``dyn_hidden``, MAMBA 64, Dreamer-Vanilla 512).
+    :param unimix: uniform mixture of the latent categoricals (0.01).
+    """
+
+    def __init__(self, embed_dim: int, action_dim: int, deter: int = 512, stoch: int = 16, classes: int = 16,
+                 hidden: int = 64, unimix: float = 0.01):
+        super().__init__()
+        self.deter_dim, self.stoch_dim, self.classes, self.unimix = deter, stoch, classes, unimix
+        self.feat_dim = stoch * classes + deter
+        self.initial_deter = nn.Parameter(torch.zeros(deter))  # learned initial state (tanh of it)
+        self.img_in = mlp(stoch * classes + action_dim, hidden, layers=1)
+        self.gru = LayerNormGRUCell(hidden, deter)
+        self.prior_net = mlp(deter, hidden, layers=1, out_dim=stoch * classes)
+        # posterior input layer split in two: W [deter, embed] = W_d deter + W_e embed
+        self.post_deter = nn.Linear(deter, hidden, bias=False)
+        self.post_embed = nn.Linear(embed_dim, hidden, bias=False)
+        self.post_net = nn.Sequential(nn.LayerNorm(hidden, eps=1e-3), nn.SiLU(), nn.Linear(hidden, stoch * classes))
+
+    # -- single steps ------------------------------------------------------------
+    def _latent(self, logits: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+        logits = logits.reshape(*logits.shape[:-1], self.stoch_dim, self.classes)  # (B, S, C)
+        probs = unimix_probs(logits, self.unimix)
+        if sample:
+            stoch = sample_one_hot(probs)
+        else:
+            stoch = nn.functional.one_hot(probs.argmax(-1), self.classes).to(probs.dtype)
+        return stoch, logits
+
+    def initial(self, batch_size: int) -> State:
+        deter = torch.tanh(self.initial_deter).unsqueeze(0)  # (1, D), broadcast below
+        stoch, logits = self._latent(self.prior_net(deter), sample=False)  # the prior's mode
+        return {
+            "deter": deter.expand(batch_size, -1),
+            "stoch": stoch.expand(batch_size, -1, -1),
+            "logits": logits.expand(batch_size, -1, -1),
+        }
+
+    def img_step(self, state: State, action: Tensor, sample: bool = True) -> State:
+        """Prior step: (B, ...) state, (B, A) action -> next state without an observation."""
+        x = self.img_in(torch.cat([state["stoch"].flatten(-2), action], dim=-1))
+        deter = self.gru(x, state["deter"])
+        stoch, logits = self._latent(self.prior_net(deter), sample)
+        return {"deter": deter, "stoch": stoch, "logits": logits}
+
+    def _reset(self, state: State, action: Tensor, is_first: Tensor) -> tuple[State, Tensor]:
+        """Replace the state by the initial one (and the action by zeros) where ``is_first``."""
+        keep = (~is_first).to(action.dtype).unsqueeze(-1)  # (B, 1)
+        initial = self.initial(action.shape[0])
+        state = {
+            "deter": state["deter"] * keep + initial["deter"] * (1 - keep),
+            "stoch": state["stoch"] * keep.unsqueeze(-1) + initial["stoch"] * (1 - keep.unsqueeze(-1)),
+        }
+        return state, action * keep
+
+    def obs_step(self, state: State | None, action: Tensor, embed_proj: Tensor, is_first: Tensor | None,
+                 sample: bool = True) -> tuple[State, State]:
+        """Posterior step: returns (posterior, prior) for one time step.
+
+        ``embed_proj`` is ``post_embed(embed)`` (B, hidden), see :meth:`project_embed`.
+        ``is_first`` (B,) resets those rows; None means no row starts here.
+        """
+        if state is None:
+            state, action = self.initial(action.shape[0]), torch.zeros_like(action)
+        elif is_first is not None:
+            state, action = self._reset(state, action, is_first)
+        prior = self.img_step(state, action, sample)
+        logits = self.post_net(self.post_deter(prior["deter"]) + embed_proj)
+        stoch, logits = self._latent(logits, sample)
+        return {"deter": prior["deter"], "stoch": stoch, "logits": logits}, prior
+
+    def project_embed(self, embed: Tensor) -> Tensor:
+        """(..., E) -> (..., hidden): the observation half of the posterior input, for all steps at once."""
+        return self.post_embed(embed)
+
+    # -- sequences ---------------------------------------------------------------
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
+                sample: bool = True) -> tuple[State, State]:
+        """Unroll the posterior over a sequence.
+
+        embed (B, T, E), action (B, T, A) (the action that led to step t),
+        is_first (B, T) -> posts and priors with fields (B, T, ...).
+        """
+        embed_proj = self.project_embed(embed)  # (B, T, hidden), one matmul for all steps
+        any_first = is_first.any(0).tolist()  # one host sync instead of a reset blend at every step
+        posts, priors = [], []
+        for t in range(embed.shape[1]):
+            first = is_first[:, t] if any_first[t] else None
+            state, prior = self.obs_step(state, action[:, t], embed_proj[:, t], first, sample)
+            posts.append(state)
+            priors.append(prior)
+        stack = lambda states: {k: torch.stack([s[k] for s in states], dim=1) for k in states[0]}  # noqa: E731
+        return stack(posts), stack(priors)
+
+    @staticmethod
+    def feat(state: State) -> Tensor:
+        """(..., S, C) stoch and (..., D) deter -> (..., S*C + D)."""
+        return torch.cat([state["stoch"].flatten(-2), state["deter"]], dim=-1)
