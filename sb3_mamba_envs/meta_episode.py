@@ -211,8 +211,8 @@ class MetaEpisodeEnv(gym.Env, Generic[TaskT]):
             if not callable(getattr(task_env, hook, None)):
                 raise TypeError(f"{type(task_env).__name__} has no '{hook}' method: subclass TaskEnv.")
         self.task_env = task_env
-        self.num_sub_episodes = int(num_sub_episodes)
-        self.sub_episode_length = int(sub_episode_length)
+        self.num_sub_episodes = num_sub_episodes
+        self.sub_episode_length = sub_episode_length
         self.horizon = self.num_sub_episodes * self.sub_episode_length
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": task_env.metadata.get("render_fps", 30)}
