@@ -1,9 +1,13 @@
-"""sb3-mamba: MAMBA (model-based meta-RL) for Stable-Baselines3.
+"""sb3-mamba: MAMBA (model-based meta-RL, Rimon et al. ICLR 2024) for Stable-Baselines3.
 
 Importing ``sb3_mamba`` also registers the meta-RL environment IDs of
 :mod:`sb3_mamba_envs`.
 """
 
 import sb3_mamba_envs  # noqa: F401  (registers the Gymnasium IDs)
+from sb3_mamba.mamba import MAMBA, NonFiniteLossError
+from sb3_mamba.policies import RSSMPolicy
+from sb3_mamba.presets import PRESETS
 
+__all__ = ["MAMBA", "RSSMPolicy", "PRESETS", "NonFiniteLossError"]
 __version__ = "0.1.0"

@@ -1,0 +1,475 @@
+"""MAMBA: DreamerV3 adapted to meta-RL (Rimon, Jurgenson et al., ICLR 2024), as an SB3 algorithm.
+
+Data path: VecEnv -> :class:`~sb3_mamba.buffers.MetaEpisodeBuffer` (whole
+meta-episodes) -> :class:`~sb3_mamba.world_model.WorldModel` (RSSM unrolled
+over the prefix H', losses at L_wm indices) -> imagination from L_ac
+posterior states -> :class:`~sb3_mamba.behavior.ActorCritic`.
+"""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import time
+from collections import deque
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_pkl, save_to_pkl
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
+from stable_baselines3.common.utils import safe_mean
+
+from sb3_mamba.buffers import MetaEpisodeBuffer
+from sb3_mamba.policies import RSSMPolicy
+from sb3_mamba.presets import resolve_preset
+from sb3_mamba.schedules import WorldModelHorizonSchedule
+from sb3_mamba.world_model import split_observation_space
+
+SelfMAMBA = TypeVar("SelfMAMBA", bound="MAMBA")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient became NaN/Inf: training stops before the parameters are corrupted."""
+
+
+class MAMBA(BaseAlgorithm):
+    """MAMBA (and, through ``preset``, the paper's Dreamer-Tune / Dreamer-Vanilla baselines).
+
+    Arguments left at ``None`` take the preset's value (listed for ``preset="mamba"``).
+
+    :param policy: ``"RSSMPolicy"`` (aliases ``"MlpPolicy"``, ``"MultiInputPolicy"``, ``"CnnPolicy"``).
+    :param env: an env ID, a Gymnasium env or a VecEnv (several envs welcome). One Gymnasium
+        episode must be one meta-episode (see :mod:`sb3_mamba_envs`).
+    :param preset: ``"mamba"`` (default), ``"dreamer_tune"`` or ``"dreamer_vanilla"``
+        (see :mod:`sb3_mamba.presets`).
+    :param learning_rate: world-model Adam learning rate (1e-4; reference 2e-4 for Reacher/Panda/Humanoid).
+    :param actor_lr: actor learning rate (3e-5).
+    :param critic_lr: critic learning rate (3e-5).
+    :param buffer_size: replay capacity in stored steps (1e6); the oldest meta-episodes are dropped first.
+    :param prefill_episodes: meta-episodes per env collected with a uniform random policy before
+        the first update (25 in the reference, counted over all envs).
+    :param batch_size: sequences (meta-episodes or windows) per update (16).
+    :param train_ratio: gradient updates per environment step (0.05). The reference's
+        ``train_ratio`` counts updates per env step *times K* (Rooms 0.1 with K = 2 is 0.05 here).
+    :param sampling: ``"prefix"``: whole meta-episodes from step 0, cut to H' (MAMBA);
+        ``"window"``: ``batch_length`` steps from a random start (Dreamer).
+    :param batch_length: window length for ``sampling="window"`` (64).
+    :param wm_indices: L_wm, world-model prediction indices per sequence (64); None: every step.
+    :param ac_indices: L_ac, imagination starts per sequence (512); None: every step.
+    :param wm_horizon_initial: H' at the start of training (50); None or >= H: no schedule.
+    :param wm_horizon_steps: N_WM, env steps until H' = H (5e6; 15e6 for Humanoid-Dir).
+    :param meta_episode_length: H; read from the env (``horizon`` of our envs) when None.
+    :param imag_horizon: imagination steps (10; reference 2 on Rooms and PRN; Dreamer-Vanilla 15).
+    :param discount: gamma (0.997).
+    :param return_lambda: lambda of the lambda-returns (0.95).
+    :param ent_coef: actor entropy scale (3e-4).
+    :param free_bits: KL free nats per step (1.0).
+    :param dyn_scale: scale of KL(sg(post) || prior) (0.5).
+    :param rep_scale: scale of KL(post || sg(prior)) (0.1).
+    :param slow_critic_fraction: EMA fraction of the slow critic per update (0.02).
+    :param slow_critic_reg: weight of the critic's regulariser towards the slow critic (1.0).
+    :param model_grad_clip: world-model gradient norm clip (1000).
+    :param actor_critic_grad_clip: actor and critic gradient norm clip (100).
+    :param units: heads/actor/critic width (128; Dreamer-Vanilla 512).
+    :param dyn_deter: RSSM deterministic size (512).
+    :param dyn_stoch: RSSM categorical variables (16; Dreamer-Vanilla 32).
+    :param dyn_discrete: classes per variable (16; Dreamer-Vanilla 32).
+    :param dyn_hidden: MLP width inside the RSSM cell (64; Dreamer-Vanilla 512).
+    :param policy_kwargs: further :class:`RSSMPolicy` arguments (layers, encoder sizes, unimix, eps).
+    :param tensorboard_log, verbose, seed, device: as in SB3.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "RSSMPolicy": RSSMPolicy,
+        "MlpPolicy": RSSMPolicy,
+        "MultiInputPolicy": RSSMPolicy,
+        "CnnPolicy": RSSMPolicy,
+    }
+    policy: RSSMPolicy
+
+    def __init__(
+        self,
+        policy: str | type[RSSMPolicy],
+        env: GymEnv | str | None,
+        preset: str = "mamba",
+        learning_rate: float = 1e-4,
+        actor_lr: float = 3e-5,
+        critic_lr: float = 3e-5,
+        buffer_size: int = 1_000_000,
+        prefill_episodes: int = 25,
+        batch_size: int = 16,
+        train_ratio: float = 0.05,
+        sampling: str | None = None,
+        batch_length: int = 64,
+        wm_indices: int | None = None,
+        ac_indices: int | None = None,
+        wm_horizon_initial: int | None = None,
+        wm_horizon_steps: int = 5_000_000,
+        meta_episode_length: int | None = None,
+        imag_horizon: int | None = None,
+        discount: float = 0.997,
+        return_lambda: float = 0.95,
+        ent_coef: float = 3e-4,
+        free_bits: float = 1.0,
+        dyn_scale: float = 0.5,
+        rep_scale: float = 0.1,
+        slow_critic_fraction: float = 0.02,
+        slow_critic_reg: float = 1.0,
+        model_grad_clip: float = 1000.0,
+        actor_critic_grad_clip: float = 100.0,
+        units: int | None = None,
+        dyn_deter: int | None = None,
+        dyn_stoch: int | None = None,
+        dyn_discrete: int | None = None,
+        dyn_hidden: int | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        tensorboard_log: str | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            policy_kwargs=policy_kwargs,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            support_multi_env=True,
+            seed=seed,
+            supported_action_spaces=None,  # checked below with a clear error
+        )
+        settings = resolve_preset(preset, {
+            "sampling": sampling, "wm_indices": wm_indices, "ac_indices": ac_indices,
+            "wm_horizon_initial": wm_horizon_initial, "imag_horizon": imag_horizon, "units": units,
+            "dyn_deter": dyn_deter, "dyn_stoch": dyn_stoch, "dyn_discrete": dyn_discrete, "dyn_hidden": dyn_hidden,
+        })
+        self.preset = preset
+        self.actor_lr = actor_lr
+        self.critic_lr = critic_lr
+        self.buffer_size = buffer_size
+        self.prefill_episodes = prefill_episodes
+        self.batch_size = batch_size
+        self.train_ratio = train_ratio
+        self.sampling = settings["sampling"]
+        self.batch_length = batch_length
+        self.wm_indices = settings["wm_indices"]
+        self.ac_indices = settings["ac_indices"]
+        self.wm_horizon_initial = settings["wm_horizon_initial"]
+        self.wm_horizon_steps = wm_horizon_steps
+        self.meta_episode_length = meta_episode_length
+        self.imag_horizon = settings["imag_horizon"]
+        self.discount = discount
+        self.return_lambda = return_lambda
+        self.ent_coef = ent_coef
+        self.free_bits = free_bits
+        self.dyn_scale = dyn_scale
+        self.rep_scale = rep_scale
+        self.slow_critic_fraction = slow_critic_fraction
+        self.slow_critic_reg = slow_critic_reg
+        self.model_grad_clip = model_grad_clip
+        self.actor_critic_grad_clip = actor_critic_grad_clip
+        self.network_sizes = {k: settings[k] for k in ("units", "dyn_deter", "dyn_stoch", "dyn_discrete", "dyn_hidden")}
+        self._n_updates = 0
+        self._train_credit = 0.0
+        if _init_setup_model:
+            self._setup_model()
+
+    # -- set-up ----------------------------------------------------------------------
+    def _validate(self) -> None:
+        if not isinstance(self.action_space, (spaces.Box, spaces.Discrete)):
+            raise ValueError(f"MAMBA supports Box and Discrete action spaces, got {self.action_space}.")
+        if isinstance(self.action_space, spaces.Box) and (
+            len(self.action_space.shape) != 1 or not np.all(np.isfinite(self.action_space.low))
+            or not np.all(np.isfinite(self.action_space.high))
+        ):
+            raise ValueError(f"Box action spaces must be 1-D with finite bounds, got {self.action_space}.")
+        split_observation_space(self.observation_space)  # raises ValueError for unsupported observations
+        positive_ints = {
+            "buffer_size": self.buffer_size, "batch_size": self.batch_size, "batch_length": self.batch_length,
+            "imag_horizon": self.imag_horizon, "meta_episode_length": self.meta_episode_length,
+            **{k: v for k, v in self.network_sizes.items()},
+        }
+        for name in ("wm_indices", "ac_indices", "wm_horizon_initial"):
+            if getattr(self, name) is not None:
+                positive_ints[name] = getattr(self, name)
+        for name, value in positive_ints.items():
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.sampling not in ("prefix", "window"):
+            raise ValueError(f"sampling must be 'prefix' or 'window', got {self.sampling!r}.")
+        if self.prefill_episodes < 0:
+            raise ValueError(f"prefill_episodes must be >= 0, got {self.prefill_episodes}.")
+        checks = {
+            "train_ratio": self.train_ratio > 0, "discount": 0 < self.discount <= 1,
+            "return_lambda": 0 <= self.return_lambda <= 1, "ent_coef": self.ent_coef >= 0,
+            "free_bits": self.free_bits >= 0, "dyn_scale": self.dyn_scale >= 0, "rep_scale": self.rep_scale >= 0,
+            "slow_critic_fraction": 0 < self.slow_critic_fraction <= 1, "learning_rate": self.learning_rate > 0,
+            "actor_lr": self.actor_lr > 0, "critic_lr": self.critic_lr > 0,
+            "model_grad_clip": self.model_grad_clip > 0, "actor_critic_grad_clip": self.actor_critic_grad_clip > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"Invalid {name}={getattr(self, name)!r}.")
+        if self.buffer_size < self.meta_episode_length + 1:
+            raise ValueError(
+                f"buffer_size={self.buffer_size} cannot hold one meta-episode of {self.meta_episode_length} steps."
+            )
+
+    def _infer_meta_episode_length(self) -> int:
+        if self.meta_episode_length is not None:
+            return self.meta_episode_length
+        if self.env is not None:
+            try:
+                return int(self.env.get_attr("horizon")[0])
+            except AttributeError:
+                spec_steps = self.env.get_attr("spec")[0]
+                if spec_steps is not None and spec_steps.max_episode_steps:
+                    return int(spec_steps.max_episode_steps)
+        raise ValueError(
+            "Cannot read the meta-episode length H from the env (no `horizon` attribute or TimeLimit): "
+            "pass meta_episode_length=H."
+        )
+
+    def _setup_model(self) -> None:
+        self.meta_episode_length = self._infer_meta_episode_length()
+        self._validate()
+        self.set_random_seed(self.seed)
+        self._rng = np.random.default_rng(self.seed)
+        policy_kwargs = {
+            **self.network_sizes,
+            "model_lr": self.learning_rate,
+            "actor_lr": self.actor_lr,
+            "critic_lr": self.critic_lr,
+            **self.policy_kwargs,
+        }
+        self.policy = self.policy_class(self.observation_space, self.action_space, **policy_kwargs).to(self.device)
+        self.replay_buffer = MetaEpisodeBuffer(
+            self.buffer_size, self.observation_space, self.action_space, n_envs=self.n_envs
+        )
+        initial = self.wm_horizon_initial if self.sampling == "prefix" and self.wm_horizon_initial else None
+        self.wm_horizon_schedule = WorldModelHorizonSchedule(
+            initial if initial is not None else self.meta_episode_length,
+            self.meta_episode_length,
+            self.wm_horizon_steps,
+        )
+        self._rollout_state = None
+        self._sub_episode_returns: deque[list[float]] = deque(maxlen=100)
+
+    # -- data collection -----------------------------------------------------------
+    @property
+    def prefilling(self) -> bool:
+        return self.replay_buffer.num_episodes_added < self.prefill_episodes
+
+    def _obs_to_tensor(self, obs: Any) -> Any:
+        if isinstance(obs, dict):
+            return {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
+        return torch.as_tensor(obs, device=self.device)
+
+    @torch.no_grad()
+    def _collect_step(self, callback: BaseCallback) -> bool:
+        """One step of every env; returns False if a callback asked to stop."""
+        self.policy.set_training_mode(False)
+        obs = self._last_obs
+        starts = torch.as_tensor(self._last_episode_starts, dtype=torch.bool, device=self.device)
+        action_vec, state = self.policy.act(self._obs_to_tensor(obs), self._rollout_state, starts)
+        if self.prefilling:  # uniform random actions, but keep filtering the RSSM state
+            env_actions = np.array([self.action_space.sample() for _ in range(self.n_envs)])
+            action_vec = self.policy.from_env_action(env_actions)
+            state = (state[0], state[1], action_vec)
+        else:
+            env_actions = self.policy.to_env_action(action_vec)
+        self._rollout_state = state
+
+        new_obs, rewards, dones, infos = self.env.step(env_actions)
+        self.num_timesteps += self.n_envs
+        callback.update_locals(locals())
+        if not callback.on_step():
+            return False
+        self._update_info_buffer(infos, dones)
+
+        final_obs = _replace_done_obs(new_obs, dones, infos)
+        terminated = np.array([d and not info.get("TimeLimit.truncated", False) for d, info in zip(dones, infos)])
+        self.replay_buffer.add(obs, final_obs, env_actions, rewards, terminated, dones)
+        for done, info in zip(dones, infos):
+            if done:
+                self._episode_num += 1
+                if "sub_episode_returns" in info:
+                    self._sub_episode_returns.append(info["sub_episode_returns"])
+                if self._log_interval and self._episode_num % self._log_interval == 0:
+                    self._dump_logs()
+        self._last_obs = new_obs
+        self._last_episode_starts = dones
+        return True
+
+    # -- training --------------------------------------------------------------------
+    def learn(
+        self: SelfMAMBA,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "MAMBA",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfMAMBA:
+        """Collect and train for ``total_timesteps`` env steps; logs every ``log_interval`` meta-episodes."""
+        total_timesteps, callback = self._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        if reset_num_timesteps:
+            self._rollout_state = None
+        self._log_interval = log_interval
+        callback.on_training_start(locals(), globals())
+        while self.num_timesteps < total_timesteps:
+            if not self._collect_step(callback):
+                break
+            self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
+            if not self.prefilling and len(self.replay_buffer) > 0:
+                self._train_credit += self.n_envs * self.train_ratio
+                if self._train_credit >= 1.0:
+                    steps = int(self._train_credit)
+                    self._train_credit -= steps
+                    self.train(steps)
+        callback.on_training_end()
+        return self
+
+    def wm_horizon(self) -> int:
+        """H' for the current number of env steps (logged as ``train/wm_horizon``)."""
+        return self.wm_horizon_schedule(self.num_timesteps)
+
+    def _sample(self):
+        if self.sampling == "prefix":
+            return self.replay_buffer.sample_prefixes(self.batch_size, self.wm_horizon() + 1, self._rng)
+        return self.replay_buffer.sample_windows(self.batch_size, self.batch_length, self._rng)
+
+    def train(self, gradient_steps: int) -> None:
+        """``gradient_steps`` updates of the world model, actor and critic."""
+        self.policy.set_training_mode(True)
+        wm, ac = self.policy.world_model, self.policy.actor_critic
+        metrics: dict[str, list[float]] = {}
+        for _ in range(gradient_steps):
+            batch = self._sample()
+            obs = wm.preprocess(self._obs_to_tensor(batch.obs))
+            tensors = {k: torch.as_tensor(getattr(batch, k), device=self.device)
+                       for k in ("action", "reward", "terminated", "is_first", "mask")}
+            wm_loss, wm_metrics, post = wm.loss(
+                obs, tensors["action"], tensors["reward"], tensors["terminated"], tensors["is_first"],
+                tensors["mask"], self.wm_indices, self.free_bits, self.dyn_scale, self.rep_scale,
+            )
+            _check_finite(wm_metrics, "world model")
+            self.policy.model_optimizer.zero_grad(set_to_none=True)
+            wm_loss.backward()
+            _clip_and_check(wm.parameters(), self.model_grad_clip, "world model")
+            self.policy.model_optimizer.step()
+
+            start = _imagination_starts(post, tensors["mask"], self.ac_indices)
+            actor_loss, critic_loss, ac_metrics = ac.losses(
+                wm, start, self.imag_horizon, self.discount, self.return_lambda, self.ent_coef, self.slow_critic_reg
+            )
+            _check_finite(ac_metrics, "actor-critic")
+            self.policy.actor_optimizer.zero_grad(set_to_none=True)
+            self.policy.critic_optimizer.zero_grad(set_to_none=True)
+            (actor_loss + critic_loss).backward()
+            _clip_and_check(ac.actor.parameters(), self.actor_critic_grad_clip, "actor")
+            _clip_and_check(ac.critic.parameters(), self.actor_critic_grad_clip, "critic")
+            self.policy.actor_optimizer.step()
+            self.policy.critic_optimizer.step()
+            ac.update_slow_critic(self.slow_critic_fraction)
+            self._n_updates += 1
+            for key, value in {**wm_metrics, **ac_metrics}.items():
+                metrics.setdefault(key, []).append(float(value))
+        for key, values in metrics.items():
+            self.logger.record(f"train/{key}", float(np.mean(values)))
+        self.logger.record("train/n_updates", self._n_updates)
+        self.logger.record("train/wm_horizon", self.wm_horizon())
+
+    # -- logging -------------------------------------------------------------------
+    def _dump_logs(self) -> None:
+        elapsed = max(time.time_ns() - self.start_time, 1) / 1e9
+        fps = int((self.num_timesteps - self._num_timesteps_at_start) / elapsed)
+        if len(self.ep_info_buffer) > 0:
+            self.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in self.ep_info_buffer]))
+            self.logger.record("rollout/ep_len_mean", safe_mean([ep["l"] for ep in self.ep_info_buffer]))
+        if self._sub_episode_returns:
+            width = max(len(r) for r in self._sub_episode_returns)
+            for k in range(width):
+                values = [r[k] for r in self._sub_episode_returns if len(r) > k]
+                self.logger.record(f"rollout/sub_episode_return_{k}", safe_mean(values))
+        self.logger.record("time/episodes", self._episode_num, exclude="tensorboard")
+        self.logger.record("time/fps", fps)
+        self.logger.record("time/time_elapsed", int(elapsed), exclude="tensorboard")
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.record("train/buffer_bytes", self.replay_buffer.nbytes)
+        self.logger.record("train/wm_horizon", self.wm_horizon())
+        self.logger.dump(step=self.num_timesteps)
+
+    # -- save / load -----------------------------------------------------------------
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "replay_buffer", "_rollout_state", "wm_horizon_schedule"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.model_optimizer", "policy.actor_optimizer", "policy.critic_optimizer"], []
+
+    def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
+        """Pickle the replay buffer (complete and in-progress meta-episodes)."""
+        save_to_pkl(path, self.replay_buffer, self.verbose)
+
+    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
+        """Restore a replay buffer saved by :meth:`save_replay_buffer`."""
+        buffer = load_from_pkl(path, self.verbose)
+        if not isinstance(buffer, MetaEpisodeBuffer):
+            raise ValueError(f"{path} does not hold a MetaEpisodeBuffer (got {type(buffer).__name__}).")
+        if buffer.n_envs != self.n_envs:
+            buffer._open = [None] * self.n_envs  # in-progress meta-episodes belong to the old envs
+            buffer.n_envs = self.n_envs
+        self.replay_buffer = buffer
+
+
+def _replace_done_obs(new_obs: Any, dones: np.ndarray, infos: list[dict]) -> Any:
+    """The VecEnv already reset finished envs: put their final observation back for the buffer."""
+    if not dones.any():
+        return new_obs
+    if isinstance(new_obs, dict):
+        final = {k: v.copy() for k, v in new_obs.items()}
+        for i in np.flatnonzero(dones):
+            for k in final:
+                final[k][i] = infos[i]["terminal_observation"][k]
+        return final
+    final = new_obs.copy()
+    for i in np.flatnonzero(dones):
+        final[i] = infos[i]["terminal_observation"]
+    return final
+
+
+def _imagination_starts(post: dict[str, torch.Tensor], mask: torch.Tensor, num: int | None) -> dict[str, torch.Tensor]:
+    """Detached posterior states at ``num`` uniform valid indices per sequence (all valid steps if None) -> (N, ...)."""
+    deter, stoch = post["deter"].detach(), post["stoch"].detach()  # (B, T, D), (B, T, S, C)
+    if num is None:
+        valid = mask.reshape(-1)
+        return {"deter": deter.reshape(-1, deter.shape[-1])[valid], "stoch": stoch.flatten(0, 1)[valid]}
+    lengths = mask.sum(1, keepdim=True).clamp_min(1)
+    index = (torch.rand(mask.shape[0], num, device=mask.device) * lengths).long()  # (B, L)
+    rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1)
+    return {"deter": deter[rows, index].flatten(0, 1), "stoch": stoch[rows, index].flatten(0, 1)}
+
+
+def _check_finite(metrics: dict[str, torch.Tensor], where: str) -> None:
+    bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"Non-finite {where} loss ({', '.join(bad)}): training stopped before the update; "
+            "the last saved checkpoint is intact. Check observations/rewards for NaN/Inf or lower the learning rate."
+        )
+
+
+def _clip_and_check(parameters, max_norm: float, where: str) -> None:
+    norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
+    if not torch.isfinite(norm):
+        raise NonFiniteLossError(f"Non-finite {where} gradient norm: training stopped before the update.")

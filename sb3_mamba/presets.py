@@ -1,0 +1,62 @@
+"""MAMBA and the paper's two Dreamer baselines as presets (paper Table 2, App. D).
+
+``MAMBA(..., preset="dreamer_tune")`` changes only what the preset names;
+every other argument keeps its default, and an explicit argument always wins.
+
+* ``mamba``: whole meta-episodes from step 0 cut to H', losses at L sampled
+  indices, world-model horizon schedule; Dreamer-Tune sizes.
+* ``dreamer_tune``: plain DreamerV3 (64-step windows from random starts, no
+  schedule, losses at every step) with MAMBA's sizes.
+* ``dreamer_vanilla``: plain DreamerV3 with DreamerV3's sizes.
+
+All three see the same augmented observation ``[o, r, t/H]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_DREAMER_SAMPLING: dict[str, Any] = {"sampling": "window", "batch_length": 64, "wm_indices": None,
+                                     "ac_indices": None, "wm_horizon_initial": None}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "mamba": {
+        "sampling": "prefix",
+        "units": 128,
+        "dyn_deter": 512,
+        "dyn_stoch": 16,
+        "dyn_discrete": 16,
+        "dyn_hidden": 64,
+        "imag_horizon": 10,
+        "wm_indices": 64,
+        "ac_indices": 512,
+        "wm_horizon_initial": 50,
+    },
+    "dreamer_tune": {
+        **_DREAMER_SAMPLING,
+        "units": 128,
+        "dyn_deter": 512,
+        "dyn_stoch": 16,
+        "dyn_discrete": 16,
+        "dyn_hidden": 64,
+        "imag_horizon": 10,
+    },
+    "dreamer_vanilla": {
+        **_DREAMER_SAMPLING,
+        "units": 512,
+        "dyn_deter": 512,
+        "dyn_stoch": 32,
+        "dyn_discrete": 32,
+        "dyn_hidden": 512,
+        "imag_horizon": 15,
+    },
+}
+
+
+def resolve_preset(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The preset's values with every non-None entry of ``overrides`` on top."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    settings = dict(PRESETS[preset])
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    return settings

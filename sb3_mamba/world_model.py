@@ -1,0 +1,218 @@
+"""World model: encoder, RSSM, decoder/reward/continue heads and the loss at sampled indices.
+
+MAMBA's loss (paper Sec. 3.3): the RSSM posterior is unrolled over the whole
+sampled prefix; the prediction losses (decoder, reward, continue) are taken
+at ``L_wm`` indices drawn uniformly per sequence (the KL terms over all
+steps), so the cost of the heads does not grow with H'.
+
+Observations: a ``Box`` (vector ``(D,)`` or image ``(H, W, C)`` uint8) or a
+``Dict`` of those. Vector keys are concatenated, symlog-ed and go through an
+MLP; image keys through a DreamerV3 CNN (depth 32, kernel 4, stride 2, down
+to 4x4). Shapes: ``B`` batch, ``T`` time, ``L`` sampled indices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from sb3_mamba.distributions import TwoHot, categorical_kl, symlog, unimix_probs
+from sb3_mamba.networks import mlp
+from sb3_mamba.rssm import RSSM, State
+
+VECTOR_KEY = "vector"  # the key of a plain Box observation
+
+
+def split_observation_space(observation_space: spaces.Space) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
+    """Return ({vector key: size}, {image key: (H, W, C)}) or raise ``ValueError`` for unsupported spaces."""
+    subspaces = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {VECTOR_KEY: observation_space}
+    vectors, images = {}, {}
+    for key, space in subspaces.items():
+        if isinstance(space, spaces.Box) and len(space.shape) == 1:
+            vectors[key] = space.shape[0]
+        elif isinstance(space, spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8:
+            height, width, channels = space.shape
+            if height != width or height < 8 or height & (height - 1):
+                raise ValueError(f"Image observations must be square with a power-of-two size >= 8, got {space.shape}.")
+            images[key] = space.shape
+        else:
+            raise ValueError(
+                f"Unsupported observation space {space!r} (key '{key}'): MAMBA takes 1-D Box vectors, "
+                "HxWxC uint8 Box images, or a Dict of those."
+            )
+    return vectors, images
+
+
+class ConvEncoder(nn.Module):
+    """(N, H, W, C) float images in [-0.5, 0.5] -> (N, out_dim); halves the size per layer down to 4x4."""
+
+    def __init__(self, shape: tuple[int, int, int], depth: int = 32):
+        super().__init__()
+        size, _, channels = shape
+        layers, in_ch, ch = [], channels, depth
+        while size > 4:
+            layers += [nn.Conv2d(in_ch, ch, 4, stride=2, padding=1, bias=False), nn.GroupNorm(1, ch, eps=1e-3), nn.SiLU()]
+            in_ch, ch, size = ch, ch * 2, size // 2
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_dim = in_ch * 16
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+class ConvDecoder(nn.Module):
+    """(N, feat) -> (N, H, W, C) image mean, mirroring :class:`ConvEncoder`."""
+
+    def __init__(self, feat_dim: int, shape: tuple[int, int, int], depth: int = 32):
+        super().__init__()
+        size, _, channels = shape
+        num_layers = int(np.log2(size // 4))
+        ch = depth * 2 ** (num_layers - 1)
+        self.start_channels = ch
+        self.project = nn.Linear(feat_dim, ch * 16)
+        layers = []
+        for i in range(num_layers):
+            last = i == num_layers - 1
+            out_ch = channels if last else ch // 2
+            layers.append(nn.ConvTranspose2d(ch, out_ch, 4, stride=2, padding=1, bias=last))
+            if not last:
+                layers += [nn.GroupNorm(1, out_ch, eps=1e-3), nn.SiLU()]
+            ch = out_ch
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        x = self.project(feat).reshape(-1, self.start_channels, 4, 4)
+        return self.net(x).permute(0, 2, 3, 1)
+
+
+class WorldModel(nn.Module):
+    """Encoder + RSSM + heads.
+
+    :param observation_space: see :func:`split_observation_space`.
+    :param action_dim: action vector size (one-hot size for Discrete).
+    :param units: width of the decoder/reward/continue MLPs (MAMBA 128).
+    :param head_layers: hidden layers of the reward/continue heads.
+    :param encoder_units, encoder_layers: the vector encoder/decoder MLP.
+    :param cnn_depth: channels of the first conv layer (doubling per layer).
+    :param deter, stoch, classes, hidden, unimix: the RSSM (see :class:`RSSM`).
+    """
+
+    def __init__(self, observation_space: spaces.Space, action_dim: int, units: int = 128, head_layers: int = 2,
+                 encoder_units: int = 128, encoder_layers: int = 4, cnn_depth: int = 32, deter: int = 512,
+                 stoch: int = 16, classes: int = 16, hidden: int = 64, unimix: float = 0.01):
+        super().__init__()
+        self.vector_sizes, self.image_shapes = split_observation_space(observation_space)
+        self.vector_keys = sorted(self.vector_sizes)
+        self.vector_dim = sum(self.vector_sizes.values())
+        embed_dim = 0
+        if self.vector_dim:
+            self.vector_encoder = mlp(self.vector_dim, encoder_units, encoder_layers)
+            embed_dim += encoder_units
+        self.image_encoders = nn.ModuleDict({k: ConvEncoder(s, cnn_depth) for k, s in self.image_shapes.items()})
+        embed_dim += sum(enc.out_dim for enc in self.image_encoders.values())
+        self.embed_dim = embed_dim
+        self.rssm = RSSM(embed_dim, action_dim, deter=deter, stoch=stoch, classes=classes, hidden=hidden,
+                         unimix=unimix)
+        feat = self.rssm.feat_dim
+        if self.vector_dim:
+            self.vector_decoder = mlp(feat, encoder_units, encoder_layers, out_dim=self.vector_dim)
+        self.image_decoders = nn.ModuleDict({k: ConvDecoder(feat, s, cnn_depth) for k, s in self.image_shapes.items()})
+        self.two_hot = TwoHot()
+        self.reward_head = mlp(feat, units, head_layers, out_dim=self.two_hot.num_bins, zero_out=True)
+        self.continue_head = mlp(feat, units, head_layers, out_dim=1)
+
+    # -- observations --------------------------------------------------------------
+    def preprocess(self, obs: Any) -> dict[str, Tensor]:
+        """Observation tensors (..., *shape) -> {"vector": (..., D) float, image key: (..., H, W, C) in [-0.5, 0.5]}."""
+        if not isinstance(obs, dict):
+            obs = {VECTOR_KEY: obs}
+        out = {}
+        if self.vector_dim:
+            out[VECTOR_KEY] = torch.cat([obs[k].float() for k in self.vector_keys], dim=-1)
+        for key in self.image_shapes:
+            out[key] = obs[key].float() / 255.0 - 0.5
+        return out
+
+    def encode(self, obs: dict[str, Tensor]) -> Tensor:
+        """Preprocessed observations (..., ...) -> (..., E) embedding."""
+        parts = []
+        if self.vector_dim:
+            parts.append(self.vector_encoder(symlog(obs[VECTOR_KEY])))
+        for key, encoder in self.image_encoders.items():
+            image = obs[key]
+            lead = image.shape[:-3]
+            parts.append(encoder(image.reshape(-1, *image.shape[-3:])).reshape(*lead, -1))
+        return torch.cat(parts, dim=-1)
+
+    # -- loss ------------------------------------------------------------------
+    def loss(self, obs: dict[str, Tensor], action: Tensor, reward: Tensor, terminated: Tensor, is_first: Tensor,
+             mask: Tensor, num_indices: int | None, free_bits: float = 1.0, dyn_scale: float = 0.5,
+             rep_scale: float = 0.1) -> tuple[Tensor, dict[str, Tensor], State]:
+        """World-model loss on a batch of sequences.
+
+        obs: preprocessed (B, T, ...); action (B, T, A); reward, terminated, is_first, mask (B, T).
+        ``num_indices`` = L_wm prediction indices per sequence (uniform over the valid
+        steps, with replacement); None takes every valid step (Dreamer's window loss).
+        Returns (total loss, metrics, posterior states (B, T, ...)).
+        """
+        embed = self.encode(obs)  # (B, T, E)
+        post, prior = self.rssm.observe(embed, action, is_first)
+        maskf = mask.float()
+        valid = maskf.sum().clamp_min(1.0)
+
+        # KL balancing with free bits, over all valid steps (B, T)
+        post_probs = unimix_probs(post["logits"], self.rssm.unimix)
+        prior_probs = unimix_probs(prior["logits"], self.rssm.unimix)
+        dyn = categorical_kl(post_probs.detach(), prior_probs)
+        rep = categorical_kl(post_probs, prior_probs.detach())
+        dyn_loss = (dyn.clamp_min(free_bits) * maskf).sum() / valid
+        rep_loss = (rep.clamp_min(free_bits) * maskf).sum() / valid
+
+        # prediction losses at sampled indices
+        feat = RSSM.feat(post)  # (B, T, F)
+        if num_indices is None:
+            index_mask = maskf
+            pick = lambda x: x  # noqa: E731
+        else:
+            lengths = mask.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
+            index = (torch.rand(mask.shape[0], num_indices, device=mask.device) * lengths).long()  # (B, L)
+            index_mask = torch.ones_like(index, dtype=maskf.dtype)
+
+            def pick(x: Tensor) -> Tensor:
+                expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+                return torch.gather(x, 1, expanded)
+
+        feat_l = pick(feat)  # (B, L, F)
+        count = index_mask.sum().clamp_min(1.0)
+        losses = {}
+        if self.vector_dim:
+            prediction = self.vector_decoder(feat_l)
+            target = symlog(pick(obs[VECTOR_KEY]))
+            losses["decoder_loss"] = (((prediction - target) ** 2).sum(-1) * index_mask).sum() / count
+        for key, decoder in self.image_decoders.items():
+            target = pick(obs[key])
+            prediction = decoder(feat_l.reshape(-1, feat_l.shape[-1])).reshape(target.shape)
+            image_loss = ((prediction - target) ** 2).sum((-3, -2, -1))
+            losses[f"image_loss_{key}"] = (image_loss * index_mask).sum() / count
+        reward_nll = -self.two_hot.log_prob(self.reward_head(feat_l), pick(reward))
+        losses["reward_loss"] = (reward_nll * index_mask).sum() / count
+        cont_target = 1.0 - pick(terminated.float())
+        cont_nll = F.binary_cross_entropy_with_logits(
+            self.continue_head(feat_l).squeeze(-1), cont_target, reduction="none"
+        )
+        losses["continue_loss"] = (cont_nll * index_mask).sum() / count
+
+        total = sum(losses.values()) + dyn_scale * dyn_loss + rep_scale * rep_loss
+        metrics = {
+            **losses,
+            "dyn_loss": dyn_loss,
+            "rep_loss": rep_loss,
+            "kl": (dyn * maskf).sum() / valid,
+            "wm_loss": total,
+        }
+        return total, metrics, post
