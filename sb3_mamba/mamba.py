@@ -353,7 +353,7 @@ class MAMBA(BaseAlgorithm):
         """``gradient_steps`` updates of the world model, actor and critic."""
         self.policy.set_training_mode(True)
         wm, ac = self.policy.world_model, self.policy.actor_critic
-        metrics: dict[str, list[float]] = {}
+        metrics: dict[str, list[torch.Tensor]] = {}
         for _ in range(gradient_steps):
             batch = self._sample()
             obs = wm.preprocess(self._obs_to_tensor(batch.obs))
@@ -384,9 +384,9 @@ class MAMBA(BaseAlgorithm):
             ac.update_slow_critic(self.slow_critic_fraction)
             self._n_updates += 1
             for key, value in {**wm_metrics, **ac_metrics}.items():
-                metrics.setdefault(key, []).append(float(value))
-        for key, values in metrics.items():
-            self.logger.record(f"train/{key}", float(np.mean(values)))
+                metrics.setdefault(key, []).append(value.detach())
+        for key, values in metrics.items():  # one host sync per metric, not per update
+            self.logger.record(f"train/{key}", torch.stack(values).mean().item())
         self.logger.record("train/n_updates", self._n_updates)
         self.logger.record("train/wm_horizon", self.wm_horizon())
 

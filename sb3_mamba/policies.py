@@ -93,8 +93,12 @@ class RSSMPolicy(BasePolicy):
         prev_action = torch.zeros(n, self.action_dim, device=self.device)
         return initial["deter"].clone(), initial["stoch"].clone(), prev_action
 
-    def observe(self, obs: Any, state: RecurrentState | None, episode_start: Tensor) -> RecurrentState:
-        """Posterior update with a batch of (unprocessed) observation tensors (n, ...)."""
+    def observe(self, obs: Any, state: RecurrentState | None, episode_start: Tensor,
+                sample: bool = True) -> RecurrentState:
+        """Posterior update with a batch of (unprocessed) observation tensors (n, ...).
+
+        ``sample=False`` takes the latent's mode (deterministic acting).
+        """
         n = episode_start.shape[0]
         if state is None:
             state = self.initial_state(n)
@@ -103,13 +107,13 @@ class RSSMPolicy(BasePolicy):
         wm = self.world_model
         embed_proj = wm.rssm.project_embed(wm.encode(wm.preprocess(obs)))
         first = episode_start if bool(episode_start.any()) else None
-        post, _ = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed_proj, first)
+        post, _ = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed_proj, first, sample)
         return post["deter"], post["stoch"], prev_action
 
     def act(self, obs: Any, state: RecurrentState | None, episode_start: Tensor,
             deterministic: bool = False) -> tuple[Tensor, RecurrentState]:
         """One acting step: returns the action vector (one-hot for Discrete, in [-1, 1] for Box) and the state."""
-        deter, stoch, _ = self.observe(obs, state, episode_start)
+        deter, stoch, _ = self.observe(obs, state, episode_start, sample=not deterministic)
         dist = self.actor_critic.policy(RSSM.feat({"deter": deter, "stoch": stoch}))
         if deterministic:
             action = dist.mode()

@@ -5,8 +5,8 @@ sampled prefix; the prediction losses (decoder, reward, continue) are taken
 at ``L_wm`` indices drawn uniformly per sequence (the KL terms over all
 steps), so the cost of the heads does not grow with H'.
 
-Observations: a ``Box`` (vector ``(D,)`` or image ``(H, W, C)`` uint8) or a
-``Dict`` of those. Vector keys are concatenated, symlog-ed and go through an
+Observations: a ``Box`` (vector ``(D,)`` or uint8 image ``(H, W, C)``, or
+``(C, H, W)`` as SB3's ``VecTransposeImage`` hands it over) or a ``Dict`` of those. Vector keys are concatenated, symlog-ed and go through an
 MLP; image keys through a DreamerV3 CNN (depth 32, kernel 4, stride 2, down
 to 4x4). Shapes: ``B`` batch, ``T`` time, ``L`` sampled indices.
 """
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
+from stable_baselines3.common.preprocessing import is_image_space_channels_first
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import TwoHot, categorical_kl, symlog, unimix_probs
@@ -28,18 +29,24 @@ from sb3_mamba.rssm import RSSM, State
 VECTOR_KEY = "vector"  # the key of a plain Box observation
 
 
-def split_observation_space(observation_space: spaces.Space) -> tuple[dict[str, int], dict[str, tuple[int, ...]]]:
-    """Return ({vector key: size}, {image key: (H, W, C)}) or raise ``ValueError`` for unsupported spaces."""
+def split_observation_space(
+    observation_space: spaces.Space,
+) -> tuple[dict[str, int], dict[str, tuple[tuple[int, int, int], bool]]]:
+    """Return ({vector key: size}, {image key: ((H, W, C), channels_first)}); ``ValueError`` if unsupported."""
     subspaces = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {VECTOR_KEY: observation_space}
     vectors, images = {}, {}
     for key, space in subspaces.items():
         if isinstance(space, spaces.Box) and len(space.shape) == 1:
             vectors[key] = space.shape[0]
         elif isinstance(space, spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8:
-            height, width, channels = space.shape
+            channels_first = is_image_space_channels_first(space)
+            if channels_first:
+                channels, height, width = space.shape
+            else:
+                height, width, channels = space.shape
             if height != width or height < 8 or height & (height - 1):
                 raise ValueError(f"Image observations must be square with a power-of-two size >= 8, got {space.shape}.")
-            images[key] = space.shape
+            images[key] = ((height, width, channels), channels_first)
         else:
             raise ValueError(
                 f"Unsupported observation space {space!r} (key '{key}'): MAMBA takes 1-D Box vectors, "
@@ -49,10 +56,11 @@ def split_observation_space(observation_space: spaces.Space) -> tuple[dict[str, 
 
 
 class ConvEncoder(nn.Module):
-    """(N, H, W, C) float images in [-0.5, 0.5] -> (N, out_dim); halves the size per layer down to 4x4."""
+    """(N, H, W, C) (or (N, C, H, W)) images in [-0.5, 0.5] -> (N, out_dim); halves the size per layer to 4x4."""
 
-    def __init__(self, shape: tuple[int, int, int], depth: int = 32):
+    def __init__(self, shape: tuple[int, int, int], depth: int = 32, channels_first: bool = False):
         super().__init__()
+        self.channels_first = channels_first
         size, _, channels = shape
         layers, in_ch, ch = [], channels, depth
         while size > 4:
@@ -62,14 +70,15 @@ class ConvEncoder(nn.Module):
         self.out_dim = in_ch * 16
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.permute(0, 3, 1, 2))
+        return self.net(x if self.channels_first else x.permute(0, 3, 1, 2))
 
 
 class ConvDecoder(nn.Module):
-    """(N, feat) -> (N, H, W, C) image mean, mirroring :class:`ConvEncoder`."""
+    """(N, feat) -> (N, H, W, C) (or (N, C, H, W)) image mean, mirroring :class:`ConvEncoder`."""
 
-    def __init__(self, feat_dim: int, shape: tuple[int, int, int], depth: int = 32):
+    def __init__(self, feat_dim: int, shape: tuple[int, int, int], depth: int = 32, channels_first: bool = False):
         super().__init__()
+        self.channels_first = channels_first
         size, _, channels = shape
         num_layers = int(np.log2(size // 4))
         ch = depth * 2 ** (num_layers - 1)
@@ -86,8 +95,8 @@ class ConvDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, feat: Tensor) -> Tensor:
-        x = self.project(feat).reshape(-1, self.start_channels, 4, 4)
-        return self.net(x).permute(0, 2, 3, 1)
+        x = self.net(self.project(feat).reshape(-1, self.start_channels, 4, 4))
+        return x if self.channels_first else x.permute(0, 2, 3, 1)
 
 
 class WorldModel(nn.Module):
@@ -113,7 +122,9 @@ class WorldModel(nn.Module):
         if self.vector_dim:
             self.vector_encoder = mlp(self.vector_dim, encoder_units, encoder_layers)
             embed_dim += encoder_units
-        self.image_encoders = nn.ModuleDict({k: ConvEncoder(s, cnn_depth) for k, s in self.image_shapes.items()})
+        self.image_encoders = nn.ModuleDict(
+            {k: ConvEncoder(shape, cnn_depth, first) for k, (shape, first) in self.image_shapes.items()}
+        )
         embed_dim += sum(enc.out_dim for enc in self.image_encoders.values())
         self.embed_dim = embed_dim
         self.rssm = RSSM(embed_dim, action_dim, deter=deter, stoch=stoch, classes=classes, hidden=hidden,
@@ -121,7 +132,9 @@ class WorldModel(nn.Module):
         feat = self.rssm.feat_dim
         if self.vector_dim:
             self.vector_decoder = mlp(feat, encoder_units, encoder_layers, out_dim=self.vector_dim)
-        self.image_decoders = nn.ModuleDict({k: ConvDecoder(feat, s, cnn_depth) for k, s in self.image_shapes.items()})
+        self.image_decoders = nn.ModuleDict(
+            {k: ConvDecoder(feat, shape, cnn_depth, first) for k, (shape, first) in self.image_shapes.items()}
+        )
         self.two_hot = TwoHot()
         self.reward_head = mlp(feat, units, head_layers, out_dim=self.two_hot.num_bins, zero_out=True)
         self.continue_head = mlp(feat, units, head_layers, out_dim=1)
