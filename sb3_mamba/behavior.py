@@ -115,7 +115,8 @@ class ActorCritic(nn.Module):
         Continuous actors keep the graph through the RSSM (dynamics backprop);
         discrete ones roll out without gradients (REINFORCE needs none).
         """
-        state = {"deter": start["deter"], "stoch": start["stoch"]}
+        # starts are data for the behaviour learner, never a path back into the world model
+        state = {"deter": start["deter"].detach(), "stoch": start["stoch"].detach()}
         feats, actions = [RSSM.feat(state)], []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.discrete):
             for _ in range(horizon):
