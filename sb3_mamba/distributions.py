@@ -75,7 +75,9 @@ def unimix_probs(logits: Tensor, unimix: float) -> Tensor:
 
 def sample_one_hot(probs: Tensor) -> Tensor:
     """(..., C) probs -> (..., C) one-hot sample with straight-through gradients to ``probs``."""
-    index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+    # inverse-CDF sampling: one uniform per categorical (torch.multinomial is ~10x slower on CPU)
+    uniform = torch.rand(*probs.shape[:-1], 1, device=probs.device, dtype=probs.dtype)
+    index = (probs.detach().cumsum(-1) < uniform).sum(-1).clamp_max(probs.shape[-1] - 1)
     one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
     return one_hot + probs - probs.detach()
 

@@ -179,6 +179,10 @@ class MAMBA(BaseAlgorithm):
         self.network_sizes = {k: settings[k] for k in ("units", "dyn_deter", "dyn_stoch", "dyn_discrete", "dyn_hidden")}
         self._n_updates = 0
         self._train_credit = 0.0
+        #: when True, train() records wall time of its world-model and actor-critic halves
+        #: in ``update_timings`` (synchronising the GPU, so only for benchmarks)
+        self.profile_updates = False
+        self.update_timings: dict[str, list[float]] = {"world_model": [], "actor_critic": []}
         if _init_setup_model:
             self._setup_model()
 
@@ -349,12 +353,18 @@ class MAMBA(BaseAlgorithm):
             return self.replay_buffer.sample_prefixes(self.batch_size, self.wm_horizon() + 1, self._rng)
         return self.replay_buffer.sample_windows(self.batch_size, self.batch_length, self._rng)
 
+    def _clock(self) -> float:
+        if self.profile_updates and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def train(self, gradient_steps: int) -> None:
         """``gradient_steps`` updates of the world model, actor and critic."""
         self.policy.set_training_mode(True)
         wm, ac = self.policy.world_model, self.policy.actor_critic
         metrics: dict[str, list[torch.Tensor]] = {}
         for _ in range(gradient_steps):
+            tic = self._clock()
             batch = self._sample()
             obs = wm.preprocess(self._obs_to_tensor(batch.obs))
             tensors = {k: torch.as_tensor(getattr(batch, k), device=self.device)
@@ -368,6 +378,7 @@ class MAMBA(BaseAlgorithm):
             wm_loss.backward()
             _clip_and_check(wm.parameters(), self.model_grad_clip, "world model")
             self.policy.model_optimizer.step()
+            tac = self._clock()
 
             start = _imagination_starts(post, tensors["mask"], self.ac_indices)
             actor_loss, critic_loss, ac_metrics = ac.losses(
@@ -383,6 +394,10 @@ class MAMBA(BaseAlgorithm):
             self.policy.critic_optimizer.step()
             ac.update_slow_critic(self.slow_critic_fraction)
             self._n_updates += 1
+            if self.profile_updates:
+                toc = self._clock()
+                self.update_timings["world_model"].append(tac - tic)
+                self.update_timings["actor_critic"].append(toc - tac)
             for key, value in {**wm_metrics, **ac_metrics}.items():
                 metrics.setdefault(key, []).append(value.detach())
         for key, values in metrics.items():  # one host sync per metric, not per update
@@ -412,7 +427,8 @@ class MAMBA(BaseAlgorithm):
 
     # -- save / load -----------------------------------------------------------------
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "replay_buffer", "_rollout_state", "wm_horizon_schedule"]
+        return [*super()._excluded_save_params(), "replay_buffer", "_rollout_state", "wm_horizon_schedule",
+                "update_timings"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.model_optimizer", "policy.actor_optimizer", "policy.critic_optimizer"], []

@@ -95,3 +95,10 @@ def test_bounded_normal_actor():
     assert mean_logits.grad.abs().sum() > 0  # reparameterised: dynamics backprop works
     small = BoundedNormal(torch.zeros(2), torch.full((2,), -100.0))
     torch.testing.assert_close(small.std, torch.full((2,), 0.1))
+
+
+def test_one_hot_sampling_follows_the_probabilities():
+    torch.manual_seed(0)
+    probs = torch.tensor([0.1, 0.6, 0.0, 0.3]).expand(20000, 4)
+    freq = sample_one_hot(probs).mean(0)
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.6, 0.0, 0.3]), atol=0.015, rtol=0)
