@@ -60,3 +60,23 @@ def resolve_preset(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     settings = dict(PRESETS[preset])
     settings.update({key: value for key, value in overrides.items() if value is not None})
     return settings
+
+
+#: CPU-sized MAMBA settings that learn small meta-RL envs (e.g. Rooms-1 with T = 10) within a few
+#: thousand env steps / minutes on a 2-core CPU: a small world model (deter 128), many updates per
+#: env step, short imagination and higher learning rates. Used by the README's main command and the
+#: learning test; not a setting of the paper.
+CPU_QUICKSTART: dict[str, Any] = {
+    "prefill_episodes": 8,
+    "train_ratio": 0.5,
+    "wm_indices": 16,
+    "ac_indices": 32,
+    "imag_horizon": 5,
+    "units": 64,
+    "dyn_deter": 128,
+    "dyn_hidden": 64,
+    "learning_rate": 3e-4,
+    "actor_lr": 1e-4,
+    "critic_lr": 1e-4,
+    "policy_kwargs": {"encoder_units": 64, "encoder_layers": 2},
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# GPU figures in one device-tool call (see README "Benchmarks"): installs the pure-Python wheels carried
+# in .whl/ (the device image has torch but not gymnasium/SB3/minigrid), then runs the throughput
+# benchmark at the paper's sizes and a short MAMBA training run on the GPU.
+#   usage (device tool, carry [".whl"]): bash benchmarks/device_run.sh
+set -euo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 benchmarks/throughput.py --device cuda --updates 20 --out "$OUT/throughput_gpu.json" 2>&1 | tee "$OUT/throughput_gpu.txt"
+python3 examples/train_mamba.py --device cuda --full-size --env MetaRooms-1-v0 --sub-episode-length 0 \
+  --n-envs 8 --steps "${TRAIN_STEPS:-32000}" --evals 4 --save "$OUT/mamba_rooms1_gpu.zip" 2>&1 | tee "$OUT/train_gpu.txt"
