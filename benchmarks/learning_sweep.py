@@ -21,7 +21,7 @@ import numpy as np
 
 VARIANTS = {
     "quickstart": {},
-    "ac_lr_3e-4": {"actor_lr": 3e-4, "critic_lr": 3e-4},
+    "ac_lr_1e-4": {"actor_lr": 1e-4, "critic_lr": 1e-4},
     "imag_10": {"imag_horizon": 10, "ac_indices": 64},
     "ratio_1": {"train_ratio": 1.0},
     "deter_256": {"dyn_deter": 256, "units": 128},
