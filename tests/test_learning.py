@@ -17,9 +17,10 @@ from sb3_mamba_envs.oracles import play_scripted
 def test_mamba_learns_rooms1_short_meta_episodes():
     """Rooms-1 with K=2 x T=10: random ~0.3, task-aware oracle ~17.6 per meta-episode.
 
-    4000 env steps (~2000 updates, ~3 min on 2 cores). Measured while
-    choosing the setting: 10.9 (stochastic) and 12.5 (deterministic) at
-    4000 steps for seed 0; the bar below is a third of the oracle.
+    4000 env steps (~2000 updates, ~3 min on 2 cores). Measured with these
+    settings (benchmarks/learning_sweep.py, deterministic, 50 tasks): 12.2,
+    15.9 and 9.0 for seeds 0, 1, 2. The bar (4.0) is over 10 standard errors
+    above random and below the worst seed seen.
     """
     torch.set_num_threads(2)
     env_kwargs = {"sub_episode_length": 10}
@@ -30,4 +31,4 @@ def test_mamba_learns_rooms1_short_meta_episodes():
     eval_env = make_vec_env("MetaRooms-1-v0", n_envs=1, seed=100, env_kwargs=env_kwargs)
     mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=50, deterministic=True)
     assert random_returns.mean() < 1.0
-    assert mean > 6.0, f"MAMBA return {mean:.2f} is not clearly above random ({random_returns.mean():.2f})"
+    assert mean > 4.0, f"MAMBA return {mean:.2f} is not clearly above random ({random_returns.mean():.2f})"

@@ -126,3 +126,20 @@ def test_imagination_starts_at_valid_indices():
     assert set(values[1].tolist()) <= {5.0, 6.0}  # never the padding of the short sequence
     every = _imagination_starts(post, mask, num=None)
     assert every["deter"].reshape(-1).tolist() == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_kl_free_bits_clip_each_step_from_below():
+    wm = WorldModel(spaces.Box(-1, 1, (5,), np.float32), action_dim=3, **SMALL)
+    obs, action, reward, terminated, is_first, mask = batch()
+    torch.manual_seed(1)
+    _, none, _ = wm.loss(obs, action, reward, terminated, is_first, mask, num_indices=4, free_bits=0.0)
+    torch.manual_seed(1)
+    _, huge, _ = wm.loss(obs, action, reward, terminated, is_first, mask, num_indices=4, free_bits=100.0)
+    # without free bits the balanced terms are the KL itself; with a huge floor they are the floor
+    torch.testing.assert_close(none["dyn_loss"], none["kl"])
+    torch.testing.assert_close(huge["dyn_loss"], torch.tensor(100.0))
+    torch.testing.assert_close(huge["rep_loss"], torch.tensor(100.0))
+    # a constant floor carries no gradient to the model
+    wm.zero_grad()
+    huge["dyn_loss"].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in wm.parameters())
