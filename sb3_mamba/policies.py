@@ -107,7 +107,7 @@ class RSSMPolicy(BasePolicy):
         wm = self.world_model
         embed_proj = wm.rssm.project_embed(wm.encode(wm.preprocess(obs)))
         first = episode_start if bool(episode_start.any()) else None
-        post, _ = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed_proj, first, sample)
+        post = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed_proj, first, sample)
         return post["deter"], post["stoch"], prev_action
 
     def act(self, obs: Any, state: RecurrentState | None, episode_start: Tensor,

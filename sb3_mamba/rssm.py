@@ -69,10 +69,14 @@ class RSSM(nn.Module):
             "logits": logits.expand(batch_size, -1, -1),
         }
 
+    def _deter_step(self, state: State, action: Tensor) -> Tensor:
+        """(B, ...) state, (B, A) action -> (B, D) next deterministic state."""
+        x = self.img_in(torch.cat([state["stoch"].flatten(-2), action], dim=-1))
+        return self.gru(x, state["deter"])
+
     def img_step(self, state: State, action: Tensor, sample: bool = True) -> State:
         """Prior step: (B, ...) state, (B, A) action -> next state without an observation."""
-        x = self.img_in(torch.cat([state["stoch"].flatten(-2), action], dim=-1))
-        deter = self.gru(x, state["deter"])
+        deter = self._deter_step(state, action)
         stoch, logits = self._latent(self.prior_net(deter), sample)
         return {"deter": deter, "stoch": stoch, "logits": logits}
 
@@ -87,8 +91,8 @@ class RSSM(nn.Module):
         return state, action * keep
 
     def obs_step(self, state: State | None, action: Tensor, embed_proj: Tensor, is_first: Tensor | None,
-                 sample: bool = True) -> tuple[State, State]:
-        """Posterior step: returns (posterior, prior) for one time step.
+                 sample: bool = True) -> State:
+        """Posterior step for one time step (the prior's latent is not needed here, see :meth:`observe`).
 
         ``embed_proj`` is ``post_embed(embed)`` (B, hidden), see :meth:`project_embed`.
         ``is_first`` (B,) resets those rows; None means no row starts here.
@@ -97,10 +101,9 @@ class RSSM(nn.Module):
             state, action = self.initial(action.shape[0]), torch.zeros_like(action)
         elif is_first is not None:
             state, action = self._reset(state, action, is_first)
-        prior = self.img_step(state, action, sample)
-        logits = self.post_net(self.post_deter(prior["deter"]) + embed_proj)
-        stoch, logits = self._latent(logits, sample)
-        return {"deter": prior["deter"], "stoch": stoch, "logits": logits}, prior
+        deter = self._deter_step(state, action)
+        stoch, logits = self._latent(self.post_net(self.post_deter(deter) + embed_proj), sample)
+        return {"deter": deter, "stoch": stoch, "logits": logits}
 
     def project_embed(self, embed: Tensor) -> Tensor:
         """(..., E) -> (..., hidden): the observation half of the posterior input, for all steps at once."""
@@ -112,18 +115,20 @@ class RSSM(nn.Module):
         """Unroll the posterior over a sequence.
 
         embed (B, T, E), action (B, T, A) (the action that led to step t),
-        is_first (B, T) -> posts and priors with fields (B, T, ...).
+        is_first (B, T) -> posts (deter, stoch, logits) and priors (deter, logits), fields (B, T, ...).
         """
         embed_proj = self.project_embed(embed)  # (B, T, hidden), one matmul for all steps
         any_first = is_first.any(0).tolist()  # one host sync instead of a reset blend at every step
-        posts, priors = [], []
+        posts = []
         for t in range(embed.shape[1]):
             first = is_first[:, t] if any_first[t] else None
-            state, prior = self.obs_step(state, action[:, t], embed_proj[:, t], first, sample)
+            state = self.obs_step(state, action[:, t], embed_proj[:, t], first, sample)
             posts.append(state)
-            priors.append(prior)
-        stack = lambda states: {k: torch.stack([s[k] for s in states], dim=1) for k in states[0]}  # noqa: E731
-        return stack(posts), stack(priors)
+        post = {k: torch.stack([s[k] for s in posts], dim=1) for k in posts[0]}
+        # The prior only enters the KL: its logits for all steps in one batched call after the loop.
+        prior_logits = self.prior_net(post["deter"])
+        prior = {"deter": post["deter"], "logits": prior_logits.reshape(post["logits"].shape)}
+        return post, prior
 
     @staticmethod
     def feat(state: State) -> Tensor:
