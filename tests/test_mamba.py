@@ -29,7 +29,7 @@ def rooms_env(n_envs: int = 2, seed: int = 0, sub_episode_length: int = 10):
 
 
 def tiny_model(env, **kwargs) -> MAMBA:
-    return MAMBA("RSSMPolicy", env, seed=0, **{**TINY, **kwargs})
+    return MAMBA("RSSMPolicy", env, **{"seed": 0, **TINY, **kwargs})
 
 
 def test_learn_trains_and_logs(tmp_path):
@@ -268,3 +268,15 @@ def test_nan_loss_stops_training_without_corrupting_the_model():
 def test_missing_horizon_is_a_clear_error():
     with pytest.raises(ValueError, match="meta_episode_length"):
         MAMBA("RSSMPolicy", gym.make("CartPole-v1").unwrapped, **TINY)
+
+
+def test_same_seed_same_training_on_cpu():
+    params = []
+    for _ in range(2):
+        model = tiny_model(rooms_env(seed=3), seed=7)
+        model.learn(100)
+        params.append(torch.nn.utils.parameters_to_vector(model.policy.parameters()).detach().clone())
+    torch.testing.assert_close(params[0], params[1], rtol=0, atol=0)
+    other = tiny_model(rooms_env(seed=3), seed=8)
+    other.learn(100)
+    assert not torch.equal(params[0], torch.nn.utils.parameters_to_vector(other.policy.parameters()))
