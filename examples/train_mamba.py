@@ -1,6 +1,6 @@
 """Train MAMBA on a small meta-RL env for a few minutes on CPU and watch its return rise.
 
-    python examples/train_mamba.py                       # Rooms-1 with 10-step sub-episodes, ~4k env steps
+    python examples/train_mamba.py                       # Rooms-1 with 10-step sub-episodes, 6k env steps
     python examples/train_mamba.py --steps 8000 --device cuda
     python examples/train_mamba.py --env MetaRooms-3-v0 --full-size --steps 200000   # the paper's sizes
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="MetaRooms-1-v0")
     parser.add_argument("--sub-episode-length", type=int, default=10, help="T (0: the env's own)")
-    parser.add_argument("--steps", type=int, default=4000, help="env steps of training")
+    parser.add_argument("--steps", type=int, default=6000, help="env steps of training")
     parser.add_argument("--evals", type=int, default=4, help="evaluations during training")
     parser.add_argument("--n-envs", type=int, default=4)
     parser.add_argument("--preset", default="mamba", choices=["mamba", "dreamer_tune", "dreamer_vanilla"])
