@@ -28,7 +28,7 @@ from sb3_mamba.buffers import MetaEpisodeBuffer
 from sb3_mamba.policies import RSSMPolicy
 from sb3_mamba.presets import resolve_preset
 from sb3_mamba.schedules import WorldModelHorizonSchedule
-from sb3_mamba.world_model import split_observation_space
+from sb3_mamba.world_model import sample_valid_indices, split_observation_space
 
 SelfMAMBA = TypeVar("SelfMAMBA", bound="MAMBA")
 
@@ -246,7 +246,8 @@ class MAMBA(BaseAlgorithm):
         self.meta_episode_length = self._infer_meta_episode_length()
         self._validate()
         self.set_random_seed(self.seed)
-        self._rng = np.random.default_rng(self.seed)
+        if getattr(self, "_rng", None) is None:  # a loaded model keeps its replay-sampling generator
+            self._rng = np.random.default_rng(self.seed)
         policy_kwargs = {
             **self.network_sizes,
             "model_lr": self.learning_rate,
@@ -470,8 +471,7 @@ def _imagination_starts(post: dict[str, torch.Tensor], mask: torch.Tensor, num: 
     if num is None:
         valid = mask.reshape(-1)
         return {"deter": deter.reshape(-1, deter.shape[-1])[valid], "stoch": stoch.flatten(0, 1)[valid]}
-    lengths = mask.sum(1, keepdim=True).clamp_min(1)
-    index = (torch.rand(mask.shape[0], num, device=mask.device) * lengths).long()  # (B, L)
+    index = sample_valid_indices(mask, num)  # (B, L)
     rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1)
     return {"deter": deter[rows, index].flatten(0, 1), "stoch": stoch[rows, index].flatten(0, 1)}
 

@@ -19,28 +19,19 @@ from typing import Any
 _DREAMER_SAMPLING: dict[str, Any] = {"sampling": "window", "batch_length": 64, "wm_indices": None,
                                      "ac_indices": None, "wm_horizon_initial": None}
 
+#: Dreamer-Tune's sizes (paper Table 2), which MAMBA shares: the two differ only in the algorithm.
+_TUNE_SIZES: dict[str, Any] = {"units": 128, "dyn_deter": 512, "dyn_stoch": 16, "dyn_discrete": 16,
+                               "dyn_hidden": 64, "imag_horizon": 10}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "mamba": {
+        **_TUNE_SIZES,
         "sampling": "prefix",
-        "units": 128,
-        "dyn_deter": 512,
-        "dyn_stoch": 16,
-        "dyn_discrete": 16,
-        "dyn_hidden": 64,
-        "imag_horizon": 10,
         "wm_indices": 64,
         "ac_indices": 512,
         "wm_horizon_initial": 50,
     },
-    "dreamer_tune": {
-        **_DREAMER_SAMPLING,
-        "units": 128,
-        "dyn_deter": 512,
-        "dyn_stoch": 16,
-        "dyn_discrete": 16,
-        "dyn_hidden": 64,
-        "imag_horizon": 10,
-    },
+    "dreamer_tune": {**_DREAMER_SAMPLING, **_TUNE_SIZES},
     "dreamer_vanilla": {
         **_DREAMER_SAMPLING,
         "units": 512,

@@ -55,6 +55,13 @@ def split_observation_space(
     return vectors, images
 
 
+def sample_valid_indices(mask: Tensor, num: int) -> Tensor:
+    """(B, T) validity mask (valid steps first) -> (B, num) indices drawn uniformly, with replacement,
+    from each sequence's valid steps (MAMBA's L sampled indices)."""
+    lengths = mask.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
+    return (torch.rand(mask.shape[0], num, device=mask.device) * lengths).long()
+
+
 class ConvEncoder(nn.Module):
     """(N, H, W, C) (or (N, C, H, W)) images in [-0.5, 0.5] -> (N, out_dim); halves the size per layer to 4x4."""
 
@@ -192,8 +199,7 @@ class WorldModel(nn.Module):
             index_mask = maskf
             pick = lambda x: x  # noqa: E731
         else:
-            lengths = mask.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
-            index = (torch.rand(mask.shape[0], num_indices, device=mask.device) * lengths).long()  # (B, L)
+            index = sample_valid_indices(mask, num_indices)  # (B, L)
             index_mask = torch.ones_like(index, dtype=maskf.dtype)
 
             def pick(x: Tensor) -> Tensor:
