@@ -102,7 +102,7 @@ def main() -> None:
         for preset in ("mamba", "dreamer_tune"):
             model = build(env_id, preset, sizes, n_envs, args.device, args.imag_horizon, env_kwargs)
             horizon = model.meta_episode_length
-            prefixes = [min(50, horizon), horizon] if preset == "mamba" else [None]
+            prefixes = sorted({min(50, horizon), horizon}) if preset == "mamba" else [None]
             for prefix in prefixes:
                 result = time_updates(model, prefix, updates, warmup)
                 row = {"env": env_id, "preset": preset, "H": horizon, "H_prime": prefix or model.batch_length,
