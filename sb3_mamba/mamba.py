@@ -207,6 +207,10 @@ class MAMBA(BaseAlgorithm):
         for name, value in positive_ints.items():
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("learning_rate", "actor_lr", "critic_lr"):
+            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a number (learning-rate schedules are not supported yet), "
+                                 f"got {getattr(self, name)!r}.")
         if self.sampling not in ("prefix", "window"):
             raise ValueError(f"sampling must be 'prefix' or 'window', got {self.sampling!r}.")
         if self.prefill_episodes < 0:
@@ -215,8 +219,9 @@ class MAMBA(BaseAlgorithm):
             "train_ratio": self.train_ratio > 0, "discount": 0 < self.discount <= 1,
             "return_lambda": 0 <= self.return_lambda <= 1, "ent_coef": self.ent_coef >= 0,
             "free_bits": self.free_bits >= 0, "dyn_scale": self.dyn_scale >= 0, "rep_scale": self.rep_scale >= 0,
-            "slow_critic_fraction": 0 < self.slow_critic_fraction <= 1, "learning_rate": self.learning_rate > 0,
-            "actor_lr": self.actor_lr > 0, "critic_lr": self.critic_lr > 0,
+            # a learning rate of 0 is allowed: rl_zoo3's enjoy loads models with learning_rate=0
+            "slow_critic_fraction": 0 < self.slow_critic_fraction <= 1, "learning_rate": self.learning_rate >= 0,
+            "actor_lr": self.actor_lr >= 0, "critic_lr": self.critic_lr >= 0,
             "model_grad_clip": self.model_grad_clip > 0, "actor_critic_grad_clip": self.actor_critic_grad_clip > 0,
         }
         for name, ok in checks.items():

@@ -280,3 +280,8 @@ def test_same_seed_same_training_on_cpu():
     other = tiny_model(rooms_env(seed=3), seed=8)
     other.learn(100)
     assert not torch.equal(params[0], torch.nn.utils.parameters_to_vector(other.policy.parameters()))
+
+
+def test_learning_rate_schedules_are_refused_clearly():
+    with pytest.raises(ValueError, match="learning_rate must be a number"):
+        tiny_model(rooms_env(), learning_rate=lambda progress: 1e-4 * progress)

@@ -1,0 +1,91 @@
+"""RL-Zoo integration: every YAML entry builds its model; the zoo CLI trains and replays our algorithms."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from sb3_mamba_envs import ENV_IDS
+from sb3_mamba.zoo import HYPERPARAMS_DIR, ZOO_ALGOS, _with_defaults
+
+pytest.importorskip("rl_zoo3")
+
+ALGO_CLASSES = {**ZOO_ALGOS, "ppo_lstm": RecurrentPPO}
+ZOO_ONLY_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_wrapper", "frame_stack", "callback")
+TINY_MAMBA = ["prefill_episodes:1", "batch_size:2", "units:16", "dyn_deter:16", "dyn_hidden:8", "dyn_stoch:4",
+              "dyn_discrete:4", "policy_kwargs:dict(encoder_units=16,encoder_layers=1)", "train_ratio:0.02"]
+TINY_PPO = ["n_steps:64", "batch_size:64", "n_epochs:1", "policy_kwargs:dict(lstm_hidden_size=16,net_arch=[16])"]
+
+
+def load(algo: str) -> dict:
+    return yaml.safe_load((HYPERPARAMS_DIR / f"{algo}.yml").read_text())
+
+
+@pytest.mark.parametrize("algo", list(ALGO_CLASSES))
+def test_every_registered_env_has_an_entry_that_builds(algo):
+    entries = load(algo)
+    assert set(ENV_IDS) <= set(entries), f"{algo}.yml misses {set(ENV_IDS) - set(entries)}"
+    for env_id in ENV_IDS:
+        hyperparams = dict(entries[env_id])
+        policy = hyperparams["policy"]
+        for key in ZOO_ONLY_KEYS:
+            hyperparams.pop(key, None)
+        if "policy_kwargs" in hyperparams:
+            hyperparams["policy_kwargs"] = eval(hyperparams["policy_kwargs"])  # as rl_zoo3 does
+        env = make_vec_env(env_id, n_envs=1)
+        model = ALGO_CLASSES[algo](policy, env, **hyperparams)
+        if algo in ZOO_ALGOS:
+            horizon = env.get_attr("horizon")[0]
+            assert model.meta_episode_length == horizon
+        else:  # RL^2 rollouts cover whole meta-episodes
+            assert model.n_steps % env.get_attr("horizon")[0] == 0
+        env.close()
+
+
+def test_train_ratio_unit_matches_the_reference():
+    entries = load("mamba")
+    # reference train_ratio / K
+    assert entries["MetaRooms-3-v0"]["train_ratio"] == pytest.approx(0.1 / 2)
+    assert entries["MetaPointRobot-v0"]["train_ratio"] == pytest.approx(0.01 / 3, rel=1e-3)
+    assert entries["MetaReacher-2-v0"]["train_ratio"] == pytest.approx(0.03 / 3)
+    assert load("dreamer_vanilla")["MetaRooms-3-v0"].get("imag_horizon") is None  # Table 2's 15
+
+
+def test_cli_defaults():
+    argv = _with_defaults(["--algo", "mamba", "--env", "MetaRooms-3-v0"])
+    assert argv[argv.index("--gym-packages") + 1] == "sb3_mamba_envs"
+    assert Path(argv[argv.index("--conf-file") + 1]) == HYPERPARAMS_DIR / "mamba.yml"
+    explicit = _with_defaults(["--algo", "mamba", "--conf-file", "mine.yml"])
+    assert explicit.count("--conf-file") == 1
+
+
+def run_zoo(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "sb3_mamba.zoo", *args], capture_output=True, text=True,
+                            timeout=600, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("algo", list(ALGO_CLASSES))
+@pytest.mark.parametrize("env_id", ["MetaRooms-1-v0", "MetaEscapeRoom-v0"])
+def test_zoo_cli_trains_and_leaves_the_run_folder(algo, env_id, tmp_path):
+    params = TINY_PPO if algo == "ppo_lstm" else TINY_MAMBA
+    steps = "480" if env_id == "MetaEscapeRoom-v0" else "800"
+    run_zoo(["train", "--algo", algo, "--env", env_id, "-f", str(tmp_path), "-n", steps, "--eval-freq", "240",
+             "--eval-episodes", "2", "--seed", "0", "-params", "n_envs:2", *params], tmp_path)
+    run_dir = tmp_path / algo / f"{env_id}_1"
+    assert (run_dir / f"{env_id}.zip").is_file()
+    assert (run_dir / env_id / "config.yml").is_file()
+    evaluations = np.load(run_dir / "evaluations.npz")
+    assert evaluations["results"].shape[0] >= 1 and np.isfinite(evaluations["results"]).all()
+    if algo == "mamba" and env_id == "MetaRooms-1-v0":
+        out = run_zoo(["enjoy", "--algo", algo, "--env", env_id, "-f", str(tmp_path), "--no-render", "-n", "400"],
+                      tmp_path)
+        assert "Mean reward" in out.stdout
