@@ -9,6 +9,8 @@ with two defaults the zoo lacks: our ``hyperparams/<algo>.yml`` as
     python -m sb3_mamba.zoo train --algo mamba --env MetaRooms-3-v0 -f logs/ --eval-freq 10000
     python -m sb3_mamba.zoo train --algo ppo_lstm --env MetaRooms-3-v0 -f logs/      # RL^2 baseline
     python -m sb3_mamba.zoo enjoy --algo mamba --env MetaRooms-3-v0 -f logs/ --no-render
+    python -m sb3_mamba.zoo train --algo mamba --env MetaRooms-1-v0 -optimize --n-trials 50 \
+        --storage sqlite:///mamba_rooms1.db --study-name mamba-rooms1    # run on several machines at once
     sb3-mamba-zoo train ...                                                          # same, console script
 
 Everything else (flags, log folders, ``-params`` overrides, Optuna's
@@ -44,11 +46,41 @@ class DreamerVanilla(MAMBA):
 ZOO_ALGOS: dict[str, type[MAMBA]] = {"mamba": MAMBA, "dreamer_tune": DreamerTune, "dreamer_vanilla": DreamerVanilla}
 
 
+def sample_mamba_params(trial: Any, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """Optuna search space over MAMBA's key hyperparameters (``-optimize``; same signature as rl_zoo3's samplers)."""
+    actor_critic_lr = trial.suggest_float("actor_critic_lr", 1e-5, 1e-3, log=True)
+    return {
+        "train_ratio": trial.suggest_float("train_ratio", 0.01, 0.5, log=True),
+        "imag_horizon": trial.suggest_categorical("imag_horizon", [2, 5, 10, 15]),
+        "learning_rate": trial.suggest_float("learning_rate", 3e-5, 1e-3, log=True),
+        "actor_lr": actor_critic_lr,
+        "critic_lr": actor_critic_lr,
+        "ent_coef": trial.suggest_float("ent_coef", 1e-4, 3e-3, log=True),
+        "dyn_deter": trial.suggest_categorical("dyn_deter", [128, 256, 512]),
+        "units": trial.suggest_categorical("units", [64, 128, 256]),
+        "wm_indices": trial.suggest_categorical("wm_indices", [16, 32, 64]),
+        "ac_indices": trial.suggest_categorical("ac_indices", [64, 256, 512]),
+        "wm_horizon_initial": trial.suggest_categorical("wm_horizon_initial", [25, 50, 100]),
+    }
+
+
+def _convert_sampled(params: dict[str, Any]) -> dict[str, Any]:
+    """Trial parameters -> constructor arguments (rl_zoo3 uses this to re-train the best trial)."""
+    params = dict(params)
+    lr = params.pop("actor_critic_lr", None)
+    if lr is not None:
+        params.update(actor_lr=lr, critic_lr=lr)
+    return params
+
+
 def register() -> None:
-    """Add our algorithms to rl_zoo3's ``ALGOS`` (idempotent)."""
-    from rl_zoo3 import utils
+    """Add our algorithms (and their Optuna sampler) to rl_zoo3's tables (idempotent)."""
+    from rl_zoo3 import hyperparams_opt, utils
 
     utils.ALGOS.update(ZOO_ALGOS)
+    for algo in ZOO_ALGOS:
+        hyperparams_opt.HYPERPARAMS_SAMPLER[algo] = sample_mamba_params
+        hyperparams_opt.HYPERPARAMS_CONVERTER[algo] = _convert_sampled
 
 
 def _with_defaults(argv: list[str]) -> list[str]:

@@ -89,3 +89,19 @@ def test_zoo_cli_trains_and_leaves_the_run_folder(algo, env_id, tmp_path):
         out = run_zoo(["enjoy", "--algo", algo, "--env", env_id, "-f", str(tmp_path), "--no-render", "-n", "400"],
                       tmp_path)
         assert "Mean reward" in out.stdout
+
+
+def test_optuna_tuning_through_the_zoo_with_shared_storage(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["train", "--algo", "mamba", "--env", "MetaRooms-1-v0", "-f", str(tmp_path), "-n", "300", "-optimize",
+            "--n-trials", "2", "--n-jobs", "1", "--sampler", "random", "--seed", "0", "--storage", storage,
+            "--study-name", "mamba-test", "-params", "n_envs:2", "prefill_episodes:1", "batch_size:2"]
+    run_zoo(args, tmp_path)
+    import optuna
+
+    study = optuna.load_study(study_name="mamba-test", storage=storage)
+    assert len(study.trials) == 2
+    assert {"train_ratio", "imag_horizon", "dyn_deter"} <= set(study.trials[0].params)
+    # a second "machine" adds trials to the same study
+    run_zoo(args, tmp_path)
+    assert len(optuna.load_study(study_name="mamba-test", storage=storage).trials) == 4
