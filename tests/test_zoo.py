@@ -18,7 +18,8 @@ from sb3_mamba.zoo import HYPERPARAMS_DIR, ZOO_ALGOS, _with_defaults
 pytest.importorskip("rl_zoo3")
 
 ALGO_CLASSES = {**ZOO_ALGOS, "ppo_lstm": RecurrentPPO}
-ZOO_ONLY_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_wrapper", "frame_stack", "callback")
+ZOO_ONLY_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_wrapper", "frame_stack", "callback",
+                 "monitor_kwargs")
 TINY_MAMBA = ["prefill_episodes:1", "batch_size:2", "units:16", "dyn_deter:16", "dyn_hidden:8", "dyn_stoch:4",
               "dyn_discrete:4", "policy_kwargs:dict(encoder_units=16,encoder_layers=1)", "train_ratio:0.02"]
 TINY_PPO = ["n_steps:64", "batch_size:64", "n_epochs:1", "policy_kwargs:dict(lstm_hidden_size=16,net_arch=[16])"]
