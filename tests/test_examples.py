@@ -27,3 +27,20 @@ def test_train_mamba_example(tmp_path):
                "--save", str(tmp_path / "m.zip")], tmp_path)
     assert "random policy" in out and "final return" in out
     assert (tmp_path / "m.zip").is_file()
+
+
+def test_quickstart_and_gif_recorder(tmp_path):
+    out = run([str(ROOT / "examples/quickstart.py"), "--steps", "200", "--path", str(tmp_path / "q.zip")], tmp_path)
+    assert "evaluation return" in out and "per-sub-episode returns" in out
+    out = run([str(ROOT / "examples/record_gif.py"), "--model", str(tmp_path / "q.zip"), "--env", "MetaRooms-1-v0",
+               "--sub-episode-length", "10", "--out", str(tmp_path / "q.gif")], tmp_path)
+    from PIL import Image
+
+    gif = Image.open(tmp_path / "q.gif")
+    # one frame per step of the 20-step meta-episode; PIL merges identical consecutive frames
+    assert 2 <= gif.n_frames <= 21
+
+
+def test_custom_env_example():
+    out = run([str(ROOT / "examples/custom_env.py"), "--steps", "200"], ROOT)
+    assert "HiddenCell-v0: MAMBA" in out
