@@ -10,16 +10,16 @@ import pytest
 pytest.importorskip("rl_zoo3")
 pytest.importorskip("seaborn")
 
-from tests.test_zoo import TINY_MAMBA, TINY_PPO  # noqa: E402
+from tests.test_zoo import debug_conf  # noqa: E402
 
 
 def test_compare_reads_zoo_runs_and_writes_plots_and_table(tmp_path):
     logs = tmp_path / "logs"
-    for algo, params in (("mamba", TINY_MAMBA), ("ppo_lstm", TINY_PPO)):
+    for algo in ("mamba", "ppo_lstm"):
         for seed in (0, 1):
             cmd = [sys.executable, "-m", "sb3_mamba.zoo", "train", "--algo", algo, "--env", "MetaRooms-1-v0",
                    "-f", str(logs), "-n", "800", "--eval-freq", "200", "--eval-episodes", "2", "--seed", str(seed),
-                   "-params", "n_envs:2", *params]
+                   *debug_conf(algo)]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
             assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "results" / "rooms1"

@@ -20,18 +20,19 @@ pytest.importorskip("rl_zoo3")
 ALGO_CLASSES = {**ZOO_ALGOS, "ppo_lstm": RecurrentPPO}
 ZOO_ONLY_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_wrapper", "frame_stack", "callback",
                  "monitor_kwargs")
-TINY_MAMBA = ["prefill_episodes:1", "batch_size:2", "units:16", "dyn_deter:16", "dyn_hidden:8", "dyn_stoch:4",
-              "dyn_discrete:4", "policy_kwargs:dict(encoder_units=16,encoder_layers=1)", "train_ratio:0.02"]
-TINY_PPO = ["n_steps:64", "batch_size:64", "n_epochs:1", "policy_kwargs:dict(lstm_hidden_size=16,net_arch=[16])"]
+def load(algo: str, debug: bool = False) -> dict:
+    folder = HYPERPARAMS_DIR / "debug" if debug else HYPERPARAMS_DIR
+    return yaml.safe_load((folder / f"{algo}.yml").read_text())
 
 
-def load(algo: str) -> dict:
-    return yaml.safe_load((HYPERPARAMS_DIR / f"{algo}.yml").read_text())
+def debug_conf(algo: str) -> list[str]:
+    return ["--conf-file", str(HYPERPARAMS_DIR / "debug" / f"{algo}.yml")]
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["full", "debug"])
 @pytest.mark.parametrize("algo", list(ALGO_CLASSES))
-def test_every_registered_env_has_an_entry_that_builds(algo):
-    entries = load(algo)
+def test_every_registered_env_has_an_entry_that_builds(algo, debug):
+    entries = load(algo, debug)
     assert set(ENV_IDS) <= set(entries), f"{algo}.yml misses {set(ENV_IDS) - set(entries)}"
     for env_id in ENV_IDS:
         hyperparams = dict(entries[env_id])
@@ -45,7 +46,7 @@ def test_every_registered_env_has_an_entry_that_builds(algo):
         if algo in ZOO_ALGOS:
             horizon = env.get_attr("horizon")[0]
             assert model.meta_episode_length == horizon
-        else:  # RL^2 rollouts cover whole meta-episodes
+        elif not debug:  # RL^2 rollouts cover whole meta-episodes
             assert model.n_steps % env.get_attr("horizon")[0] == 0
         env.close()
 
@@ -77,10 +78,9 @@ def run_zoo(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("algo", list(ALGO_CLASSES))
 @pytest.mark.parametrize("env_id", ["MetaRooms-1-v0", "MetaEscapeRoom-v0"])
 def test_zoo_cli_trains_and_leaves_the_run_folder(algo, env_id, tmp_path):
-    params = TINY_PPO if algo == "ppo_lstm" else TINY_MAMBA
     steps = "480" if env_id == "MetaEscapeRoom-v0" else "800"
     run_zoo(["train", "--algo", algo, "--env", env_id, "-f", str(tmp_path), "-n", steps, "--eval-freq", "240",
-             "--eval-episodes", "2", "--seed", "0", "-params", "n_envs:2", *params], tmp_path)
+             "--eval-episodes", "2", "--seed", "0", *debug_conf(algo)], tmp_path)
     run_dir = tmp_path / algo / f"{env_id}_1"
     assert (run_dir / f"{env_id}.zip").is_file()
     assert (run_dir / env_id / "config.yml").is_file()
@@ -96,7 +96,7 @@ def test_optuna_tuning_through_the_zoo_with_shared_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     args = ["train", "--algo", "mamba", "--env", "MetaRooms-1-v0", "-f", str(tmp_path), "-n", "300", "-optimize",
             "--n-trials", "2", "--n-jobs", "1", "--sampler", "random", "--seed", "0", "--storage", storage,
-            "--study-name", "mamba-test", "-params", "n_envs:2", "prefill_episodes:1", "batch_size:2"]
+            "--study-name", "mamba-test", *debug_conf("mamba")]
     run_zoo(args, tmp_path)
     import optuna
 
