@@ -44,3 +44,10 @@ def test_quickstart_and_gif_recorder(tmp_path):
 def test_custom_env_example():
     out = run([str(ROOT / "examples/custom_env.py"), "--steps", "200"], ROOT)
     assert "HiddenCell-v0: MAMBA" in out
+
+
+def test_comparison_example_at_debug_size(tmp_path):
+    out = run([str(ROOT / "examples/compare_mamba_rl2.py"), "--debug", "--seeds", "1", "--algos", "mamba",
+               "ppo_lstm", "--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "res" / "rooms3")], tmp_path)
+    assert "| mamba |" in out and "| ppo_lstm |" in out
+    assert (tmp_path / "res" / "rooms3_sub_episodes.png").is_file()
