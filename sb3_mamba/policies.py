@@ -26,6 +26,11 @@ from sb3_mamba.world_model import WorldModel
 RecurrentState = tuple[Tensor, Tensor, Tensor]  # deter (n, D), stoch (n, S, C), previous action (n, A)
 
 
+def _batch_size(obs: Any) -> int:
+    """Number of rows of a batched observation tensor (or of each entry of a Dict observation)."""
+    return next(iter(obs.values())).shape[0] if isinstance(obs, dict) else obs.shape[0]
+
+
 class RSSMPolicy(BasePolicy):
     """The networks and optimisers of MAMBA (see :class:`sb3_mamba.MAMBA` for every hyperparameter).
 
@@ -149,7 +154,7 @@ class RSSMPolicy(BasePolicy):
         """SB3's recurrent predict: ``(action, state)``; pass ``state`` and ``episode_start`` back in."""
         self.set_training_mode(False)
         obs_tensor, vectorized = self.obs_to_tensor(observation)
-        n = next(iter(obs_tensor.values())).shape[0] if isinstance(obs_tensor, dict) else obs_tensor.shape[0]
+        n = _batch_size(obs_tensor)
         if episode_start is None:
             episode_start = np.zeros(n, dtype=bool) if state is not None else np.ones(n, dtype=bool)
         starts = torch.as_tensor(np.asarray(episode_start, dtype=bool).reshape(n), device=self.device)
@@ -162,7 +167,7 @@ class RSSMPolicy(BasePolicy):
 
     def _predict(self, observation: Any, deterministic: bool = False) -> Tensor:
         # stateless single step (SB3's abstract hook); predict() above is the recurrent entry point
-        n = next(iter(observation.values())).shape[0] if isinstance(observation, dict) else observation.shape[0]
+        n = _batch_size(observation)
         action, _ = self.act(observation, None, torch.ones(n, dtype=torch.bool, device=self.device), deterministic)
         return action
 

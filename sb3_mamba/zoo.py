@@ -83,12 +83,12 @@ def register() -> None:
         hyperparams_opt.HYPERPARAMS_CONVERTER[algo] = _convert_sampled
 
 
-def _with_defaults(argv: list[str]) -> list[str]:
-    """Add ``--gym-packages sb3_mamba_envs`` and our ``--conf-file`` unless given."""
+def _with_defaults(argv: list[str], conf_file: bool = True) -> list[str]:
+    """Add ``--gym-packages sb3_mamba_envs`` (and, for train, our ``--conf-file``) unless given."""
     argv = list(argv)
     if "--gym-packages" not in argv:
         argv += ["--gym-packages", "sb3_mamba_envs"]
-    if "--conf-file" not in argv and "-conf" not in argv and "--algo" in argv:
+    if conf_file and "--conf-file" not in argv and "-conf" not in argv and "--algo" in argv:
         algo = argv[argv.index("--algo") + 1]
         conf = HYPERPARAMS_DIR / f"{algo}.yml"
         if conf.is_file():
@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from rl_zoo3.enjoy import enjoy
 
-        rest = rest if "--gym-packages" in rest else [*rest, "--gym-packages", "sb3_mamba_envs"]
-        sys.argv = ["rl_zoo3.enjoy", *rest]
+        sys.argv = ["rl_zoo3.enjoy", *_with_defaults(rest, conf_file=False)]
         enjoy()
 
 
