@@ -107,6 +107,10 @@ class MetaEpisodeBuffer:
                 self._store(self._open[i])
                 self._open[i] = None
 
+    def discard_open(self) -> None:
+        """Drop the unfinished meta-episodes (their envs were reset, so they will never finish)."""
+        self._open = [None] * self.n_envs
+
     def _store(self, entries: list[tuple]) -> None:
         observations = [e[0] for e in entries]
         if isinstance(observations[0], dict):
@@ -132,9 +136,13 @@ class MetaEpisodeBuffer:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the stored meta-episodes (what ``train/buffer_bytes`` reports)."""
-        return sum(_nbytes(ep["obs"]) + ep["action"].nbytes + ep["reward"].nbytes + ep["terminated"].nbytes
-                   for ep in self.episodes)
+        """Bytes of array data held: stored meta-episodes plus unfinished ones (``train/buffer_bytes``)."""
+        stored = sum(_nbytes(ep["obs"]) + ep["action"].nbytes + ep["reward"].nbytes + ep["terminated"].nbytes
+                     for ep in self.episodes)
+        # an unfinished entry holds its observation and action arrays (reward and flag are Python scalars;
+        # counted at their stored size)
+        unfinished = sum(_nbytes(e[0]) + e[1].nbytes + 5 for entries in self._open if entries for e in entries)
+        return stored + unfinished
 
     def _gather(self, picks: list[tuple[int, int]], length: int) -> MetaEpisodeBatch:
         """Copy ``length`` entries from (episode index, start) pairs into one padded batch."""

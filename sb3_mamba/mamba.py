@@ -24,7 +24,9 @@ from stable_baselines3.common.save_util import load_from_pkl, save_to_pkl
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import safe_mean
 
+from sb3_mamba import checkpoints
 from sb3_mamba.buffers import MetaEpisodeBuffer
+from sb3_mamba.checkpoints import CheckpointError
 from sb3_mamba.policies import RSSMPolicy
 from sb3_mamba.presets import resolve_preset
 from sb3_mamba.schedules import WorldModelHorizonSchedule
@@ -33,7 +35,11 @@ from sb3_mamba.world_model import sample_valid_indices, split_observation_space
 SelfMAMBA = TypeVar("SelfMAMBA", bound="MAMBA")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteError(RuntimeError):
+    """NaN/Inf in an observation, reward, loss or gradient: training stops before anything is stored or updated."""
+
+
+class NonFiniteLossError(NonFiniteError):
     """A loss or gradient became NaN/Inf: training stops before the parameters are corrupted."""
 
 
@@ -179,6 +185,9 @@ class MAMBA(BaseAlgorithm):
         self.network_sizes = {k: settings[k] for k in ("units", "dyn_deter", "dyn_stoch", "dyn_discrete", "dyn_hidden")}
         self._n_updates = 0
         self._train_credit = 0.0
+        #: env steps over the model's whole life (not reset by ``learn(reset_num_timesteps=True)``):
+        #: drives the world-model horizon schedule, so continuing a loaded model keeps its H'
+        self._lifetime_timesteps = 0
         #: when True, train() records wall time of its world-model and actor-critic halves
         #: in ``update_timings`` (synchronising the GPU, so only for benchmarks)
         self.profile_updates = False
@@ -231,6 +240,21 @@ class MAMBA(BaseAlgorithm):
             raise ValueError(
                 f"buffer_size={self.buffer_size} cannot hold one meta-episode of {self.meta_episode_length} steps."
             )
+        entries = self.meta_episode_length + 1
+        # (L_wm and L_ac indices are drawn with replacement, as in the reference: more than H' is legal)
+        if self.sampling == "window" and self.batch_length > entries:
+            raise ValueError(
+                f"batch_length={self.batch_length} is longer than a meta-episode ({entries} steps with H="
+                f"{self.meta_episode_length}): windows would be mostly padding."
+            )
+        if self.sampling == "prefix" and self.wm_horizon_initial is not None:
+            if self.wm_horizon_initial < self.meta_episode_length and not (
+                isinstance(self.wm_horizon_steps, (int, np.integer)) and self.wm_horizon_steps > 0
+            ):
+                raise ValueError(
+                    f"wm_horizon_steps={self.wm_horizon_steps!r} cannot grow H' from {self.wm_horizon_initial} "
+                    f"to H={self.meta_episode_length}: it must be a positive number of env steps."
+                )
 
     def _infer_meta_episode_length(self) -> int:
         if self.meta_episode_length is not None:
@@ -271,7 +295,8 @@ class MAMBA(BaseAlgorithm):
             self.wm_horizon_steps,
         )
         self._rollout_state = None
-        self._sub_episode_returns: deque[list[float]] = deque(maxlen=100)
+        if getattr(self, "_sub_episode_returns", None) is None:  # a loaded model keeps its statistics
+            self._sub_episode_returns: deque[list[float]] = deque(maxlen=100)
 
     # -- data collection -----------------------------------------------------------
     @property
@@ -284,8 +309,8 @@ class MAMBA(BaseAlgorithm):
         return torch.as_tensor(obs, device=self.device)
 
     @torch.no_grad()
-    def _collect_step(self, callback: BaseCallback) -> bool:
-        """One step of every env; returns False if a callback asked to stop."""
+    def _collect_step(self, callback: BaseCallback) -> None:
+        """One step of every env, stored in the replay buffer."""
         self.policy.set_training_mode(False)
         obs = self._last_obs
         starts = torch.as_tensor(self._last_episode_starts, dtype=torch.bool, device=self.device)
@@ -299,10 +324,10 @@ class MAMBA(BaseAlgorithm):
         self._rollout_state = state
 
         new_obs, rewards, dones, infos = self.env.step(env_actions)
+        _check_finite_data(new_obs, rewards, infos, dones, self.num_timesteps)
         self.num_timesteps += self.n_envs
+        self._lifetime_timesteps += self.n_envs
         callback.update_locals(locals())
-        if not callback.on_step():
-            return False
         self._update_info_buffer(infos, dones)
 
         final_obs = _replace_done_obs(new_obs, dones, infos)
@@ -317,7 +342,6 @@ class MAMBA(BaseAlgorithm):
                     self._dump_logs()
         self._last_obs = new_obs
         self._last_episode_starts = dones
-        return True
 
     # -- training --------------------------------------------------------------------
     def learn(
@@ -333,13 +357,10 @@ class MAMBA(BaseAlgorithm):
         total_timesteps, callback = self._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
-        if reset_num_timesteps:
-            self._rollout_state = None
         self._log_interval = log_interval
         callback.on_training_start(locals(), globals())
         while self.num_timesteps < total_timesteps:
-            if not self._collect_step(callback):
-                break
+            self._collect_step(callback)
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             if not self.prefilling and len(self.replay_buffer) > 0:
                 self._train_credit += self.n_envs * self.train_ratio
@@ -347,12 +368,35 @@ class MAMBA(BaseAlgorithm):
                     steps = int(self._train_credit)
                     self._train_credit -= steps
                     self.train(steps)
+            # Callbacks see the step complete (stored and trained on): a checkpoint taken here
+            # resumes exactly. (SB3's off-policy loop calls them before storing the transition.)
+            if not callback.on_step():
+                break
         callback.on_training_end()
         return self
 
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        # A model loaded from a checkpoint continues the saved run (envs' meta-episodes, RNGs) when
+        # asked to continue; otherwise the envs restart and unfinished meta-episodes are dropped.
+        saved_run = self.__dict__.pop("_run_state", None)
+        restored = False
+        if saved_run is not None and not reset_num_timesteps:
+            restored = checkpoints.restore_run_state(self, saved_run)
+        if not restored and (reset_num_timesteps or self._last_obs is None):
+            self.replay_buffer.discard_open()
+            self._rollout_state = None
+        return super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+
     def wm_horizon(self) -> int:
         """H' for the current number of env steps (logged as ``train/wm_horizon``)."""
-        return self.wm_horizon_schedule(self.num_timesteps)
+        return self.wm_horizon_schedule(self._lifetime_timesteps)
 
     def _sample(self):
         if self.sampling == "prefix":
@@ -436,20 +480,79 @@ class MAMBA(BaseAlgorithm):
         return [*super()._excluded_save_params(), "replay_buffer", "_rollout_state", "wm_horizon_schedule",
                 "update_timings"]
 
+    def save(
+        self,
+        path: str | pathlib.Path | io.BufferedIOBase,
+        exclude: list[str] | None = None,
+        include: list[str] | None = None,
+    ) -> None:
+        """Save as SB3 does, plus the run state an exact resume needs; files are replaced atomically.
+
+        The zip holds the policy, the three optimisers, the counters, a format
+        version, the envs' meta-episodes in progress and the random generators
+        (see :mod:`sb3_mamba.checkpoints`). A crash while saving leaves the
+        previous file at ``path`` intact.
+        """
+        self._checkpoint_format = checkpoints.CHECKPOINT_FORMAT
+        self._run_state = checkpoints.capture_run_state(self)
+        try:
+            if isinstance(path, (str, pathlib.Path)):
+                checkpoints.atomic_write(path, "zip", lambda file: super(MAMBA, self).save(file, exclude, include))
+            else:
+                super().save(path, exclude, include)
+        finally:
+            del self._run_state
+
+    @classmethod
+    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False,
+             force_reset=True, **kwargs):
+        """Load a model saved by :meth:`save` (see SB3's ``load``).
+
+        A truncated, corrupted or foreign file, or one from a newer sb3-mamba,
+        raises :class:`~sb3_mamba.checkpoints.CheckpointError` naming the cause;
+        an env whose spaces differ from the saved ones raises ``ValueError``. To
+        continue the saved run exactly, call ``learn(..., reset_num_timesteps=False)``
+        after :meth:`load_replay_buffer`.
+        """
+        checkpoints.check_model_file(path)
+        return super().load(path, env=env, device=device, custom_objects=custom_objects,
+                            print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.model_optimizer", "policy.actor_optimizer", "policy.critic_optimizer"], []
 
     def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
-        """Pickle the replay buffer (complete and in-progress meta-episodes)."""
-        save_to_pkl(path, self.replay_buffer, self.verbose)
+        """Pickle the replay buffer (complete and in-progress meta-episodes), replacing ``path`` atomically."""
+        if isinstance(path, (str, pathlib.Path)):
+            checkpoints.atomic_write(path, "pkl", lambda file: save_to_pkl(file, self.replay_buffer, self.verbose))
+        else:
+            save_to_pkl(path, self.replay_buffer, self.verbose)
 
-    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
-        """Restore a replay buffer saved by :meth:`save_replay_buffer`."""
-        buffer = load_from_pkl(path, self.verbose)
+    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
+        """Restore a replay buffer saved by :meth:`save_replay_buffer`.
+
+        :param truncate_last_traj: accepted for rl_zoo3's ``--trained-agent`` (HER's option); unfinished
+            meta-episodes are kept when the run resumes exactly and dropped when its envs restart.
+        """
+        try:
+            buffer = load_from_pkl(path, self.verbose)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # pickle raises many types on a damaged file
+            raise CheckpointError(
+                f"{path} is not a readable replay buffer (truncated or corrupted?): {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(buffer, MetaEpisodeBuffer):
-            raise ValueError(f"{path} does not hold a MetaEpisodeBuffer (got {type(buffer).__name__}).")
+            raise CheckpointError(f"{path} does not hold a MetaEpisodeBuffer (got {type(buffer).__name__}).")
+        for name in ("observation_space", "action_space"):
+            if getattr(buffer, name) != getattr(self, name):
+                raise CheckpointError(
+                    f"The replay buffer in {path} was recorded with {name} {getattr(buffer, name)}, "
+                    f"this model has {getattr(self, name)}."
+                )
         if buffer.n_envs != self.n_envs:
-            buffer._open = [None] * self.n_envs  # in-progress meta-episodes belong to the old envs
+            buffer.discard_open()  # in-progress meta-episodes belong to the old envs
+            buffer._open = [None] * self.n_envs
             buffer.n_envs = self.n_envs
         self.replay_buffer = buffer
 
@@ -479,6 +582,24 @@ def _imagination_starts(post: dict[str, torch.Tensor], mask: torch.Tensor, num: 
     index = sample_valid_indices(mask, num)  # (B, L)
     rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1)
     return {"deter": deter[rows, index].flatten(0, 1), "stoch": stoch[rows, index].flatten(0, 1)}
+
+
+def _check_finite_data(obs: Any, rewards: np.ndarray, infos: list[dict], dones: np.ndarray, step: int) -> None:
+    """Raise :class:`NonFiniteError` naming the env and the entry if an env returned NaN/Inf."""
+    arrays = {"reward": rewards, **(obs if isinstance(obs, dict) else {"observation": obs})}
+    for i in np.flatnonzero(dones):  # the final observation of a finished meta-episode is stored too
+        final = infos[i].get("terminal_observation")
+        if final is not None:
+            arrays.update({f"terminal {k}": v[None] for k, v in (final.items() if isinstance(final, dict)
+                                                                  else {"observation": final}.items())})
+    for name, values in arrays.items():
+        values = np.asarray(values)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            env_index = int(np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0, 0])
+            raise NonFiniteError(
+                f"The env returned a non-finite {name} (env {env_index} of the VecEnv, after env step "
+                f"{step}): {values[env_index]}. Nothing was stored or trained on; the last checkpoint is intact."
+            )
 
 
 def _check_finite(metrics: dict[str, torch.Tensor], where: str) -> None:

@@ -26,6 +26,7 @@ sub-episode env. The inner env is ``env.unwrapped.task_env``.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Generic, Sequence, SupportsFloat, TypeVar
 
 import gymnasium as gym
@@ -75,6 +76,24 @@ class TaskEnv(gym.Env, Generic[TaskT]):
         if self._task is None:
             raise RuntimeError(f"{type(self).__name__} has no task yet: call reset() first.")
         return self._task
+
+    #: private attributes that are not episode state (handles, caches): left out of :meth:`get_state`
+    _not_state: tuple[str, ...] = ()
+
+    def get_state(self) -> dict[str, Any]:
+        """A picklable copy of the sub-episode in progress (used to resume a killed run exactly).
+
+        By convention the private attributes (``_position``, ``_task``, ...) are
+        the episode state and the public ones the configuration; the random
+        generator is saved by :class:`MetaEpisodeEnv`. Envs holding simulator
+        state elsewhere (physics) extend this.
+        """
+        skip = {"_np_random", "_np_random_seed", *self._not_state}
+        return {k: copy.deepcopy(v) for k, v in vars(self).items() if k.startswith("_") and k not in skip}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`get_state` snapshot (the env has been reset once, so its simulator exists)."""
+        vars(self).update(copy.deepcopy(state))
 
 
 def check_action(space: spaces.Space, action: Any) -> Any:
@@ -284,6 +303,32 @@ class MetaEpisodeEnv(gym.Env, Generic[TaskT]):
                 self._sub_t = 0
                 obs, _ = self.task_env.reset()
         return self._augment(obs, reward), reward, meta_terminated, meta_truncated, info
+
+    # -- snapshots (exact resume of a killed training run) ----------------------------
+    def get_state(self) -> dict[str, Any]:
+        """A picklable snapshot of the meta-episode in progress: counters, random generator, task env.
+
+        ``env.set_state(snapshot)`` on a fresh env of the same ID (after one
+        ``reset``) continues the meta-episode exactly: same observations,
+        rewards and future tasks for the same actions.
+        """
+        return {
+            "t": self._t, "sub_episode": self._sub_episode, "sub_t": self._sub_t,
+            "returns": self._returns.copy(), "lengths": self._lengths.copy(),
+            "rng": copy.deepcopy(self.np_random.bit_generator.state),
+            "task_env": self.task_env.get_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue the meta-episode captured by :meth:`get_state` (call ``reset`` once before)."""
+        if self._np_random is None:
+            raise RuntimeError("set_state() needs a reset() first (the env's simulator and generator must exist).")
+        self._t, self._sub_episode, self._sub_t = state["t"], state["sub_episode"], state["sub_t"]
+        self._returns[:] = state["returns"]
+        self._lengths[:] = state["lengths"]
+        self.np_random.bit_generator.state = copy.deepcopy(state["rng"])
+        self.task_env.np_random = self.np_random
+        self.task_env.set_state(state["task_env"])
 
     def render(self):
         if self.render_mode is None:

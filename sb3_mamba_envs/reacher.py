@@ -113,9 +113,25 @@ class ReacherTask(TaskEnv[np.ndarray]):
         self._trails: list[list[np.ndarray]] = []  # fingertip (x, y, z) per step, one list per sub-episode
         self._camera_matrix: np.ndarray | None = None
 
+    _not_state = ("_dm_env", "_camera_matrix")
+
     @property
     def physics(self):
         return self._dm_env._env.physics
+
+    def get_state(self) -> dict[str, Any]:
+        return {**super().get_state(), "physics": self.physics.get_state().copy(),
+                "current_goal": self.dm_task.current_goal}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        physics_state, current_goal = state.pop("physics"), state.pop("current_goal")
+        super().set_state(state)
+        self.dm_task.goals = self._task
+        self.dm_task.current_goal = current_goal
+        with self.physics.reset_context():  # recomputes positions derived from qpos
+            self.physics.set_state(physics_state)
+        self.dm_task._show_current_goal(self.physics)
 
     def sample_tasks(self, n: int) -> list[np.ndarray]:
         angle = self.np_random.uniform(0.0, 2 * np.pi, size=(n, self.num_goals))

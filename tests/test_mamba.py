@@ -61,9 +61,9 @@ def test_logged_keys(tmp_path):
 def test_wm_horizon_schedule_grows_with_env_steps():
     model = tiny_model(rooms_env(sub_episode_length=50), wm_horizon_initial=10, wm_horizon_steps=1000)
     assert model.wm_horizon() == 10
-    model.num_timesteps = 500
+    model._lifetime_timesteps = 500
     assert model.wm_horizon() == 55
-    model.num_timesteps = 5000
+    model._lifetime_timesteps = 5000
     assert model.wm_horizon() == 100
 
 
