@@ -102,17 +102,20 @@ def check_model_file(path: str | pathlib.Path | Any) -> None:
                 raise CheckpointError(f"{path} is corrupted: member {bad_member!r} fails its CRC check.")
             names = set(archive.namelist())
             if "data" not in names:
-                raise CheckpointError(f"{path} is a zip file but not a Stable-Baselines3 model (no 'data' entry).")
+                # (a truncated model zip can still open: the tensor files inside are zips themselves)
+                raise CheckpointError(
+                    f"{path} is not a complete Stable-Baselines3 model zip (no 'data' entry): "
+                    "truncated, corrupted or another kind of zip."
+                )
             data = json.loads(archive.read("data"))
     except zipfile.BadZipFile as exc:
         raise CheckpointError(f"{path} is not a readable model zip (truncated or corrupted?): {exc}.") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is corrupted: its 'data' entry is not valid JSON ({exc}).") from exc
     if FORMAT_KEY not in data:
-        policy = data.get("policy_class", {})
-        policy_name = policy.get(":type:", "?") if isinstance(policy, dict) else policy
         raise CheckpointError(
-            f"{path} was not saved by sb3-mamba's MAMBA (no {FORMAT_KEY!r}; policy class {policy_name}): "
+            f"{path} was not saved by sb3-mamba's MAMBA (no {FORMAT_KEY!r}; policy class "
+            f"{_saved_class_name(data.get('policy_class'))}): "
             "load it with the algorithm that saved it."
         )
     version = data[FORMAT_KEY]
@@ -124,6 +127,14 @@ def check_model_file(path: str | pathlib.Path | Any) -> None:
                "policy.critic_optimizer.pth"} - names
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {sorted(missing)}.")
+
+
+def _saved_class_name(entry: Any) -> str:
+    """``module.Class`` of a class that SB3's ``data_to_json`` stored (it keeps the class's ``__dict__`` as text)."""
+    if not isinstance(entry, dict):
+        return repr(entry)
+    match = re.match(r"<function (\w+)\.__init__", str(entry.get("__init__", "")))
+    return f"{entry.get('__module__', '?')}.{match.group(1) if match else '?'}"
 
 
 def latest_checkpoint(save_path: str | pathlib.Path, name_prefix: str = "rl_model") -> tuple[pathlib.Path, pathlib.Path | None] | None:

@@ -116,7 +116,8 @@ def check_action(space: spaces.Space, action: Any) -> Any:
         return value
     if isinstance(space, spaces.Box):
         try:
-            arr = np.asarray(action, dtype=space.dtype)
+            with np.errstate(over="ignore"):  # an overflow to inf is reported below
+                arr = np.asarray(action, dtype=space.dtype)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"Action {action!r} cannot be read as a {space.dtype} array for {space}.") from exc
         if arr.shape != space.shape:

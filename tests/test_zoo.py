@@ -106,3 +106,21 @@ def test_optuna_tuning_through_the_zoo_with_shared_storage(tmp_path):
     # a second "machine" adds trials to the same study
     run_zoo(args, tmp_path)
     assert len(optuna.load_study(study_name="mamba-test", storage=storage).trials) == 4
+
+
+def test_zoo_continues_a_run_with_its_replay_buffer(tmp_path):
+    """``--save-replay-buffer`` then ``-i run/ENV.zip``: weights, optimisers, buffer and H' schedule carry over."""
+    from sb3_mamba import MAMBA
+
+    env_id = "MetaRooms-1-v0"
+    common = ["--algo", "mamba", "--env", env_id, "-f", str(tmp_path), "--seed", "0", "--eval-freq", "-1",
+              *debug_conf("mamba")]
+    run_zoo(["train", *common, "-n", "400", "--save-replay-buffer"], tmp_path)
+    first_dir = tmp_path / "mamba" / f"{env_id}_1"
+    assert (first_dir / "replay_buffer.pkl").is_file()
+    first = MAMBA.load(first_dir / f"{env_id}.zip")
+    out = run_zoo(["train", *common, "-n", "200", "-i", str(first_dir / f"{env_id}.zip")], tmp_path)
+    assert "Loading replay buffer" in out.stdout
+    second = MAMBA.load(tmp_path / "mamba" / f"{env_id}_2" / f"{env_id}.zip")
+    assert second._lifetime_timesteps == first._lifetime_timesteps + 200  # the schedule keeps its position
+    assert second._n_updates > first._n_updates
