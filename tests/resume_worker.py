@@ -1,6 +1,6 @@
 """A small MAMBA training run that can be SIGKILLed at a chosen point and resumed (used by test_resume.py).
 
-    python tests/resume_worker.py RUN_DIR --total 400 [--kill-at STEP] [--kill-in-save N] [--resume]
+    python tests/resume_worker.py RUN_DIR --total 400 [--env ID] [--kill-at STEP] [--kill-in-save N] [--resume]
 
 Without ``--resume`` it starts from scratch; with it, it continues from the newest
 complete checkpoint in ``RUN_DIR/checkpoints``. ``--kill-at`` SIGKILLs the process
@@ -25,7 +25,6 @@ from stable_baselines3.common.env_util import make_vec_env
 from sb3_mamba import MAMBA
 from sb3_mamba.checkpoints import latest_checkpoint
 
-ENV_ID = "MetaRooms-1-v0"
 N_ENVS = 2
 CHECKPOINT_FREQ = 10  # vec-env steps (= 20 env steps)
 MODEL_KWARGS = dict(
@@ -62,13 +61,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=pathlib.Path)
     parser.add_argument("--total", type=int, default=400)
+    parser.add_argument("--env", default="MetaRooms-1-v0", help="any ID with a sub_episode_length argument")
     parser.add_argument("--kill-at", type=int, default=None)
     parser.add_argument("--kill-in-save", type=int, default=None)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)  # bit-exact float results need the same thread count in every process
 
-    env = make_vec_env(ENV_ID, n_envs=N_ENVS, seed=0, env_kwargs={"sub_episode_length": 10})
+    env = make_vec_env(args.env, n_envs=N_ENVS, seed=0, env_kwargs={"sub_episode_length": 10})
     checkpoint_dir = args.run_dir / "checkpoints"
     if args.resume:
         found = latest_checkpoint(checkpoint_dir)

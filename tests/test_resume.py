@@ -24,9 +24,9 @@ WORKER = pathlib.Path(__file__).with_name("resume_worker.py")
 TOTAL = 400
 
 
-def run_worker(run_dir: pathlib.Path, *args: str) -> int:
+def run_worker(run_dir: pathlib.Path, env_id: str, *args: str) -> int:
     result = subprocess.run(
-        [sys.executable, str(WORKER), str(run_dir), "--total", str(TOTAL), *args],
+        [sys.executable, str(WORKER), str(run_dir), "--total", str(TOTAL), "--env", env_id, *args],
         capture_output=True, text=True, timeout=300,
     )
     if result.returncode not in (0, -signal.SIGKILL):
@@ -58,25 +58,40 @@ def assert_same_tree(a, b, where: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> MAMBA:
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    assert run_worker(run_dir) == 0
-    return load_final(run_dir)
+def uninterrupted(tmp_path_factory):
+    runs: dict[str, MAMBA] = {}
+
+    def get(env_id: str) -> MAMBA:
+        if env_id not in runs:
+            run_dir = tmp_path_factory.mktemp("uninterrupted")
+            assert run_worker(run_dir, env_id) == 0
+            runs[env_id] = load_final(run_dir)
+        return runs[env_id]
+
+    return get
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path, uninterrupted):
-    kill_points = sorted(np.random.default_rng(2024).choice(np.arange(50, TOTAL - 10, 2), 3, replace=False))
+@pytest.mark.parametrize("env_id, kill_seed", [
+    ("MetaRooms-1-v0", 2024),  # discrete actions
+    ("MetaReacher-1-v0", 7),  # continuous actions, MuJoCo physics state
+    pytest.param("MetaRooms-1-v0", 1, marks=pytest.mark.slow),
+    pytest.param("MetaPointRobotWind-v0", 2, marks=pytest.mark.slow),  # wind noise from the env's generator
+    pytest.param("MetaEscapeRoom-v0", 3, marks=pytest.mark.slow),
+])
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, uninterrupted, env_id, kill_seed):
+    uninterrupted = uninterrupted(env_id)
+    kill_points = sorted(np.random.default_rng(kill_seed).choice(np.arange(50, TOTAL - 10, 2), 3, replace=False))
     # start, then a kill at each point; one extra process is killed inside a checkpoint write
-    assert run_worker(tmp_path, "--kill-at", str(kill_points[0])) == -signal.SIGKILL
-    assert run_worker(tmp_path, "--resume", "--kill-at", str(kill_points[1])) == -signal.SIGKILL
+    assert run_worker(tmp_path, env_id, "--kill-at", str(kill_points[0])) == -signal.SIGKILL
+    assert run_worker(tmp_path, env_id, "--resume", "--kill-at", str(kill_points[1])) == -signal.SIGKILL
     # the 5th torch.save of the process is inside the 2nd checkpoint zip (4 tensor files per zip)
-    assert run_worker(tmp_path, "--resume", "--kill-in-save", "5") == -signal.SIGKILL
+    assert run_worker(tmp_path, env_id, "--resume", "--kill-in-save", "5") == -signal.SIGKILL
     leftovers = list((tmp_path / "checkpoints").glob(".*.tmp"))
     assert leftovers, "the kill should have hit a checkpoint half-written"
     for zip_path in (tmp_path / "checkpoints").glob("*.zip"):  # every visible checkpoint is complete
         check_model_file(zip_path)
-    assert run_worker(tmp_path, "--resume", "--kill-at", str(kill_points[2])) == -signal.SIGKILL
-    assert run_worker(tmp_path, "--resume") == 0
+    assert run_worker(tmp_path, env_id, "--resume", "--kill-at", str(kill_points[2])) == -signal.SIGKILL
+    assert run_worker(tmp_path, env_id, "--resume") == 0
 
     resumed = load_final(tmp_path)
     for counter in ("num_timesteps", "_n_updates", "_episode_num", "_lifetime_timesteps", "_train_credit"):
