@@ -4,13 +4,25 @@ MAMBA starts imagination from the detached posterior states at ``L_ac``
 indices per sampled meta-episode (paper Sec. 3.3), so the behaviour learner
 sees latents that encode the meta-episode's history since step 0.
 
-Shapes: ``N`` imagination starts, ``H`` imagination horizon, ``F`` feature size.
+Shapes: ``N`` imagination starts, ``M`` distinct start states, ``H`` imagination
+horizon, ``F`` feature size.
+
+MAMBA draws ``L_ac`` = 512 starts per sequence with replacement from the H' + 1
+posterior states of a prefix, so at H' = 200 the 8192 starts hold only ~3200
+distinct states. Everything that depends on the start state alone (actor and
+critic outputs at step 0, the state's half of the first GRU gate layer, about
+a third of the imagination FLOPs) is computed once per distinct state and
+indexed. The actor's outputs from the rollout are reused by its loss, and on
+discrete actions one critic pass serves both the value targets and the critic
+loss. ``benchmarks/plain_update.py`` keeps the plain formulation;
+``tests/test_equivalence.py`` checks both agree.
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -74,6 +86,23 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@dataclass
+class ImaginationStarts:
+    """N imagination starts as ``index`` (N,) into M distinct posterior states (None: the M states themselves)."""
+
+    deter: Tensor  # (M, D)
+    stoch: Tensor  # (M, S, C)
+    index: Tensor | None = None
+
+    def take(self, x: Tensor) -> Tensor:
+        """(M, ...) per distinct state -> (N, ...) per start."""
+        return x if self.index is None else x[self.index]
+
+    @classmethod
+    def of(cls, start: "ImaginationStarts | State") -> "ImaginationStarts":
+        return start if isinstance(start, cls) else cls(start["deter"], start["stoch"])
+
+
 class ActorCritic(nn.Module):
     """Actor, critic and slow (EMA) critic over RSSM features.
 
@@ -98,7 +127,9 @@ class ActorCritic(nn.Module):
         self.return_norm = ReturnNormalizer()
 
     def policy(self, feat: Tensor) -> OneHotCategorical | BoundedNormal:
-        out = self.actor(feat)
+        return self._dist(self.actor(feat))
+
+    def _dist(self, out: Tensor) -> OneHotCategorical | BoundedNormal:
         if self.discrete:
             return OneHotCategorical(out, self.actor_unimix)
         mean, std = out.chunk(2, dim=-1)
@@ -109,40 +140,60 @@ class ActorCritic(nn.Module):
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
             slow.lerp_(fast, fraction)
 
-    def imagine(self, rssm: RSSM, start: State, horizon: int) -> tuple[Tensor, Tensor]:
-        """Roll the actor out in the model: start fields (N, ...) -> feats (H+1, N, F), actions (H, N, A).
+    def imagine(self, rssm: RSSM, start: ImaginationStarts, horizon: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Roll the actor out in the model for ``horizon`` steps.
 
-        Continuous actors keep the graph through the RSSM (dynamics backprop);
-        discrete ones roll out without gradients (REINFORCE needs none).
+        Returns the start features (M, F) (per distinct state), features of steps
+        1..H (H, N, F), actions (H, N, A) and the actor's outputs at steps 0..H-1
+        (H, N, out), which keep their graph for the actor loss. Continuous actors
+        keep the graph through the RSSM (dynamics backprop); discrete ones roll the
+        model out without gradients (REINFORCE needs none).
         """
         # starts are data for the behaviour learner, never a path back into the world model
-        state = {"deter": start["deter"].detach(), "stoch": start["stoch"].detach()}
-        feats, actions = [RSSM.feat(state)], []
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.discrete):
-            for _ in range(horizon):
-                dist = self.policy(feats[-1].detach() if self.discrete else feats[-1])
-                action = dist.sample() if self.discrete else dist.rsample()
-                state = rssm.img_step(state, action)
+        deter0, stoch0 = start.deter.detach(), start.stoch.detach()
+        feat0 = RSSM.feat({"deter": deter0, "stoch": stoch0})  # (M, F)
+        actor_out = [start.take(self.actor(feat0))]
+        through_model = torch.is_grad_enabled() and not self.discrete
+        with torch.set_grad_enabled(through_model):
+            deter_proj = start.take(rssm.gru.project_hidden(deter0))  # (N, 3D)
+        state = {"deter": start.take(deter0), "stoch": start.take(stoch0)}
+        feats, actions = [], []
+        for t in range(horizon):
+            dist = self._dist(actor_out[-1])
+            with torch.set_grad_enabled(through_model):
+                action = dist.rsample() if through_model else dist.sample()
+                state = rssm.img_step(state, action, deter_proj=deter_proj if t == 0 else None)
                 feats.append(RSSM.feat(state))
-                actions.append(action)
-        return torch.stack(feats), torch.stack(actions)
+            actions.append(action)
+            if t < horizon - 1:
+                actor_out.append(self.actor(feats[-1]))
+        return feat0, torch.stack(feats), torch.stack(actions), torch.stack(actor_out)
 
-    def losses(self, world_model, start: State, horizon: int, discount: float, lam: float, entropy: float,
-               slow_reg: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Actor and critic losses from imagined rollouts of ``horizon`` steps from ``start`` (N states)."""
-        # the actor's gradient flows through the model and the critic but updates neither
-        with frozen(world_model), frozen(self.critic):
-            feats, actions = self.imagine(world_model.rssm, start, horizon)  # (H+1, N, F), (H, N, A)
-            reward = world_model.two_hot.mean(world_model.reward_head(feats[1:]))  # (H, N)
-            cont = torch.sigmoid(world_model.continue_head(feats[1:]).squeeze(-1))  # (H, N)
-            value = self.two_hot.mean(self.critic(feats))  # (H+1, N)
-            returns = lambda_returns(reward, cont, value, discount, lam)  # (H, N)
+    def losses(self, world_model, start: ImaginationStarts | State, horizon: int, discount: float, lam: float,
+               entropy: float, slow_reg: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Actor and critic losses from imagined rollouts of ``horizon`` steps from ``start`` (N starts)."""
+        start = ImaginationStarts.of(start)
+        # the actor's gradient flows through the model (continuous actions) but does not update it
+        with frozen(world_model):
+            feat0, feats, actions, actor_out = self.imagine(world_model.rssm, start, horizon)
+            reward = world_model.two_hot.mean(world_model.reward_head(feats))  # (H, N), steps 1..H
+            cont = torch.sigmoid(world_model.continue_head(feats).squeeze(-1))  # (H, N)
+        critic0 = start.take(self.critic(feat0))  # (N, bins), step 0 (its input carries no gradient)
+        if self.discrete:  # nothing to differentiate through: one critic pass for targets and loss
+            logits = torch.cat([critic0[None], self.critic(feats)])  # (H+1, N, bins)
+            value = self.two_hot.mean(logits).detach()
+            critic_logits = logits[:-1]
+        else:  # values carry the actor's gradient through the features, not into the critic
+            with frozen(self.critic):
+                value = torch.cat([self.two_hot.mean(critic0).detach()[None], self.two_hot.mean(self.critic(feats))])
+            critic_logits = torch.cat([critic0[None], self.critic(feats[:-1].detach())])
+        returns = lambda_returns(reward, cont, value, discount, lam)  # (H, N)
         # weight of step t: probability the imagined episode is still running
         weight = torch.cumprod(torch.cat([torch.ones_like(cont[:1]), discount * cont[:-1]]), 0).detach()
 
         self.return_norm.update(returns)
         scale = self.return_norm.scale()
-        dist = self.policy(feats[:-1].detach() if self.discrete else feats[:-1])
+        dist = self._dist(actor_out)  # steps 0..H-1
         if self.discrete:  # REINFORCE with the critic as baseline
             advantage = ((returns - value[:-1]) / scale).detach()
             objective = dist.log_prob(actions) * advantage
@@ -151,11 +202,11 @@ class ActorCritic(nn.Module):
         actor_entropy = dist.entropy()
         actor_loss = -(weight * (objective + entropy * actor_entropy)).mean()
 
-        critic_feat = feats[:-1].detach()
-        logits = self.critic(critic_feat)
-        slow_target = self.two_hot.mean(self.slow_critic(critic_feat)).detach()
-        critic_nll = -self.two_hot.log_prob(logits, returns.detach())
-        critic_nll = critic_nll - slow_reg * self.two_hot.log_prob(logits, slow_target)
+        with torch.no_grad():
+            slow_logits = torch.cat([start.take(self.slow_critic(feat0))[None], self.slow_critic(feats[:-1])])
+        slow_target = self.two_hot.mean(slow_logits)
+        critic_nll = -self.two_hot.log_prob(critic_logits, returns.detach())
+        critic_nll = critic_nll - slow_reg * self.two_hot.log_prob(critic_logits, slow_target)
         critic_loss = (weight * critic_nll).mean()
         metrics = {
             "actor_loss": actor_loss,

@@ -25,6 +25,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import safe_mean
 
 from sb3_mamba import checkpoints
+from sb3_mamba.behavior import ImaginationStarts
 from sb3_mamba.buffers import MetaEpisodeBuffer
 from sb3_mamba.checkpoints import CheckpointError
 from sb3_mamba.policies import RSSMPolicy
@@ -573,15 +574,23 @@ def _replace_done_obs(new_obs: Any, dones: np.ndarray, infos: list[dict]) -> Any
     return final
 
 
-def _imagination_starts(post: dict[str, torch.Tensor], mask: torch.Tensor, num: int | None) -> dict[str, torch.Tensor]:
-    """Detached posterior states at ``num`` uniform valid indices per sequence (all valid steps if None) -> (N, ...)."""
+def _imagination_starts(post: dict[str, torch.Tensor], mask: torch.Tensor, num: int | None) -> ImaginationStarts:
+    """Detached posterior states at ``num`` uniform valid indices per sequence (all valid steps if None).
+
+    With more starts than states (MAMBA: 512 per sequence from H' + 1 states) the
+    starts are an index into the (B*T) posterior states, so per-state work is done once.
+    """
     deter, stoch = post["deter"].detach(), post["stoch"].detach()  # (B, T, D), (B, T, S, C)
+    batch, steps = mask.shape
     if num is None:
         valid = mask.reshape(-1)
-        return {"deter": deter.reshape(-1, deter.shape[-1])[valid], "stoch": stoch.flatten(0, 1)[valid]}
+        return ImaginationStarts(deter.reshape(-1, deter.shape[-1])[valid], stoch.flatten(0, 1)[valid])
     index = sample_valid_indices(mask, num)  # (B, L)
-    rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1)
-    return {"deter": deter[rows, index].flatten(0, 1), "stoch": stoch[rows, index].flatten(0, 1)}
+    if num < steps:  # fewer starts than states: gather them
+        rows = torch.arange(batch, device=mask.device).unsqueeze(1)
+        return ImaginationStarts(deter[rows, index].flatten(0, 1), stoch[rows, index].flatten(0, 1))
+    flat = (index + steps * torch.arange(batch, device=mask.device).unsqueeze(1)).reshape(-1)  # (B*L,)
+    return ImaginationStarts(deter.flatten(0, 1), stoch.flatten(0, 1), flat)
 
 
 def _check_finite_data(obs: Any, rewards: np.ndarray, infos: list[dict], dones: np.ndarray, step: int) -> None:

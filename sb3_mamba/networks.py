@@ -35,10 +35,21 @@ class LayerNormGRUCell(nn.Module):
         self.linear = nn.Linear(input_dim + hidden_dim, 3 * hidden_dim, bias=False)
         self.norm = nn.LayerNorm(3 * hidden_dim, eps=1e-3)
 
-    def forward(self, x: Tensor, h: Tensor) -> Tensor:
-        # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim)
-        parts = self.norm(self.linear(torch.cat([x, h], dim=-1)))
-        reset, candidate, update = parts.split(self.hidden_dim, dim=-1)
+    def project_hidden(self, h: Tensor) -> Tensor:
+        """(B, hidden_dim) -> (B, 3 * hidden_dim): the state's half of the gate layer.
+
+        Imagination starts repeat the same posterior states many times; this half
+        is then computed once per distinct state and indexed (see ActorCritic.imagine).
+        """
+        return nn.functional.linear(h, self.linear.weight[:, -self.hidden_dim:])
+
+    def forward(self, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None) -> Tensor:
+        # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim); hidden_proj = project_hidden(h) if known
+        if hidden_proj is None:
+            gates = self.linear(torch.cat([x, h], dim=-1))
+        else:
+            gates = nn.functional.linear(x, self.linear.weight[:, : -self.hidden_dim]) + hidden_proj
+        reset, candidate, update = self.norm(gates).split(self.hidden_dim, dim=-1)
         reset = torch.sigmoid(reset)
         candidate = torch.tanh(reset * candidate)
         update = torch.sigmoid(update - 1.0)  # biased towards keeping the state

@@ -69,14 +69,17 @@ class RSSM(nn.Module):
             "logits": logits.expand(batch_size, -1, -1),
         }
 
-    def _deter_step(self, state: State, action: Tensor) -> Tensor:
-        """(B, ...) state, (B, A) action -> (B, D) next deterministic state."""
-        x = self.img_in(torch.cat([state["stoch"].flatten(-2), action], dim=-1))
-        return self.gru(x, state["deter"])
+    def _deter_step(self, state: State, action: Tensor, deter_proj: Tensor | None = None) -> Tensor:
+        """(B, ...) state, (B, A) action -> (B, D) next deterministic state.
 
-    def img_step(self, state: State, action: Tensor, sample: bool = True) -> State:
+        ``deter_proj`` = ``gru.project_hidden(state["deter"])`` when already known.
+        """
+        x = self.img_in(torch.cat([state["stoch"].flatten(-2), action], dim=-1))
+        return self.gru(x, state["deter"], deter_proj)
+
+    def img_step(self, state: State, action: Tensor, sample: bool = True, deter_proj: Tensor | None = None) -> State:
         """Prior step: (B, ...) state, (B, A) action -> next state without an observation."""
-        deter = self._deter_step(state, action)
+        deter = self._deter_step(state, action, deter_proj)
         stoch, logits = self._latent(self.prior_net(deter), sample)
         return {"deter": deter, "stoch": stoch, "logits": logits}
 

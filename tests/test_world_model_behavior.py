@@ -121,11 +121,14 @@ def test_imagination_starts_at_valid_indices():
     post = {"deter": torch.arange(2 * 5).float().reshape(2, 5, 1), "stoch": torch.zeros(2, 5, 1, 1)}
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
     starts = _imagination_starts(post, mask, num=50)
-    values = starts["deter"].reshape(2, 50)
+    assert starts.index is not None and starts.deter.shape == (10, 1)  # 100 starts index 10 states
+    values = starts.take(starts.deter).reshape(2, 50)
     assert set(values[0].tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0} and len(set(values[0].tolist())) > 3
     assert set(values[1].tolist()) <= {5.0, 6.0}  # never the padding of the short sequence
     every = _imagination_starts(post, mask, num=None)
-    assert every["deter"].reshape(-1).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert every.deter.reshape(-1).tolist() == [0, 1, 2, 3, 4, 5, 6] and every.index is None
+    few = _imagination_starts(post, mask, num=3)  # fewer starts than states: gathered
+    assert few.index is None and few.deter.shape == (6, 1) and set(few.deter[3:, 0].tolist()) <= {5.0, 6.0}
 
 
 def test_kl_free_bits_clip_each_step_from_below():
