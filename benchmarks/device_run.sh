@@ -8,6 +8,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 benchmarks/throughput.py --device cuda --updates 20 --out "$OUT/throughput_gpu.json" 2>&1 | tee "$OUT/throughput_gpu.txt"
+python3 -m benchmarks.run --device cuda --updates 20 --out-dir "$OUT" 2>&1 | tee "$OUT/benchmark_gpu.txt"
 python3 examples/train_mamba.py --device cuda --full-size --env MetaRooms-1-v0 --sub-episode-length 0 \
   --n-envs 8 --steps "${TRAIN_STEPS:-32000}" --evals 4 --save "$OUT/mamba_rooms1_gpu.zip" 2>&1 | tee "$OUT/train_gpu.txt"

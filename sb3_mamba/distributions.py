@@ -58,16 +58,18 @@ class TwoHot:
 
     def log_prob(self, logits: Tensor, y: Tensor) -> Tensor:
         """(..., K) logits, (...) targets -> (...) log-likelihood (the negative loss)."""
-        return (self.encode(y) * F.log_softmax(logits, dim=-1)).sum(-1)
+        logits = logits.float()  # (losses in float32 under bfloat16 autocast)
+        return (self.encode(y.to(logits.dtype)) * F.log_softmax(logits, dim=-1)).sum(-1)
 
     def mean(self, logits: Tensor) -> Tensor:
         """(..., K) logits -> (...) predicted value."""
+        logits = logits.float()
         return symexp((F.softmax(logits, dim=-1) * self.bins(logits)).sum(-1))
 
 
 def unimix_probs(logits: Tensor, unimix: float) -> Tensor:
     """Softmax mixed with ``unimix`` of the uniform distribution (keeps every class reachable)."""
-    probs = F.softmax(logits, dim=-1)
+    probs = F.softmax(logits.float(), dim=-1)
     if unimix > 0:
         probs = (1.0 - unimix) * probs + unimix / probs.shape[-1]
     return probs
@@ -117,8 +119,8 @@ class BoundedNormal:
     """
 
     def __init__(self, mean_logits: Tensor, std_logits: Tensor, min_std: float = 0.1, max_std: float = 1.0):
-        self.mean = torch.tanh(mean_logits)  # (..., A)
-        self.std = (max_std - min_std) * torch.sigmoid(std_logits + 2.0) + min_std
+        self.mean = torch.tanh(mean_logits.float())  # (..., A)
+        self.std = (max_std - min_std) * torch.sigmoid(std_logits.float() + 2.0) + min_std
         self._normal = torch.distributions.Normal(self.mean, self.std)
 
     def rsample(self) -> Tensor:

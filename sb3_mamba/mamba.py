@@ -87,6 +87,9 @@ class MAMBA(BaseAlgorithm):
     :param dyn_stoch: RSSM categorical variables (16; Dreamer-Vanilla 32).
     :param dyn_discrete: classes per variable (16; Dreamer-Vanilla 32).
     :param dyn_hidden: MLP width inside the RSSM cell (64; Dreamer-Vanilla 512).
+    :param precision: ``"float32"`` (default) or ``"bfloat16"``: autocast the update's matmuls to
+        bfloat16 (norms, distributions and losses stay float32; parameters and optimisers float32),
+        as DreamerV3 computes. Pays on GPUs and on CPUs with AVX512-BF16/AMX (see benchmarks/).
     :param policy_kwargs: further :class:`RSSMPolicy` arguments (layers, encoder sizes, unimix, eps).
     :param tensorboard_log, verbose, seed, device: as in SB3.
     """
@@ -134,6 +137,7 @@ class MAMBA(BaseAlgorithm):
         dyn_stoch: int | None = None,
         dyn_discrete: int | None = None,
         dyn_hidden: int | None = None,
+        precision: str = "float32",
         policy_kwargs: dict[str, Any] | None = None,
         tensorboard_log: str | None = None,
         verbose: int = 0,
@@ -183,6 +187,7 @@ class MAMBA(BaseAlgorithm):
         self.slow_critic_reg = slow_critic_reg
         self.model_grad_clip = model_grad_clip
         self.actor_critic_grad_clip = actor_critic_grad_clip
+        self.precision = precision
         self.network_sizes = {k: settings[k] for k in ("units", "dyn_deter", "dyn_stoch", "dyn_discrete", "dyn_hidden")}
         self._n_updates = 0
         self._train_credit = 0.0
@@ -221,6 +226,8 @@ class MAMBA(BaseAlgorithm):
             if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a number (learning-rate schedules are not supported yet), "
                                  f"got {getattr(self, name)!r}.")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}.")
         if self.sampling not in ("prefix", "window"):
             raise ValueError(f"sampling must be 'prefix' or 'window', got {self.sampling!r}.")
         if self.prefill_episodes < 0:
@@ -409,6 +416,9 @@ class MAMBA(BaseAlgorithm):
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
+
     def train(self, gradient_steps: int) -> None:
         """``gradient_steps`` updates of the world model, actor and critic."""
         self.policy.set_training_mode(True)
@@ -420,10 +430,11 @@ class MAMBA(BaseAlgorithm):
             obs = wm.preprocess(self._obs_to_tensor(batch.obs))
             tensors = {k: torch.as_tensor(getattr(batch, k), device=self.device)
                        for k in ("action", "reward", "terminated", "is_first", "mask")}
-            wm_loss, wm_metrics, post = wm.loss(
-                obs, tensors["action"], tensors["reward"], tensors["terminated"], tensors["is_first"],
-                tensors["mask"], self.wm_indices, self.free_bits, self.dyn_scale, self.rep_scale,
-            )
+            with self._autocast():
+                wm_loss, wm_metrics, post = wm.loss(
+                    obs, tensors["action"], tensors["reward"], tensors["terminated"], tensors["is_first"],
+                    tensors["mask"], self.wm_indices, self.free_bits, self.dyn_scale, self.rep_scale,
+                )
             _check_finite(wm_metrics, "world model")
             self.policy.model_optimizer.zero_grad(set_to_none=True)
             wm_loss.backward()
@@ -432,9 +443,11 @@ class MAMBA(BaseAlgorithm):
             tac = self._clock()
 
             start = _imagination_starts(post, tensors["mask"], self.ac_indices)
-            actor_loss, critic_loss, ac_metrics = ac.losses(
-                wm, start, self.imag_horizon, self.discount, self.return_lambda, self.ent_coef, self.slow_critic_reg
-            )
+            with self._autocast():
+                actor_loss, critic_loss, ac_metrics = ac.losses(
+                    wm, start, self.imag_horizon, self.discount, self.return_lambda, self.ent_coef,
+                    self.slow_critic_reg,
+                )
             _check_finite(ac_metrics, "actor-critic")
             self.policy.actor_optimizer.zero_grad(set_to_none=True)
             self.policy.critic_optimizer.zero_grad(set_to_none=True)

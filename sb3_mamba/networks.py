@@ -6,6 +6,20 @@ import torch
 from torch import Tensor, nn
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 (under bfloat16 autocast only the matmuls run in bfloat16)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float())
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in float32 (see :class:`LayerNorm`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float())
+
+
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_out: bool = False) -> nn.Sequential:
     """``layers`` x (Linear, LayerNorm, SiLU), then an optional Linear head to ``out_dim``.
 
@@ -15,7 +29,7 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_
     blocks: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers):
-        blocks += [nn.Linear(dim, hidden, bias=False), nn.LayerNorm(hidden, eps=1e-3), nn.SiLU()]
+        blocks += [nn.Linear(dim, hidden, bias=False), LayerNorm(hidden, eps=1e-3), nn.SiLU()]
         dim = hidden
     if out_dim is not None:
         head = nn.Linear(dim, out_dim)
@@ -33,7 +47,7 @@ class LayerNormGRUCell(nn.Module):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.linear = nn.Linear(input_dim + hidden_dim, 3 * hidden_dim, bias=False)
-        self.norm = nn.LayerNorm(3 * hidden_dim, eps=1e-3)
+        self.norm = LayerNorm(3 * hidden_dim, eps=1e-3)
 
     def project_hidden(self, h: Tensor) -> Tensor:
         """(B, hidden_dim) -> (B, 3 * hidden_dim): the state's half of the gate layer.

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import sample_one_hot, unimix_probs
-from sb3_mamba.networks import LayerNormGRUCell, mlp
+from sb3_mamba.networks import LayerNorm, LayerNormGRUCell, mlp
 
 State = dict[str, Tensor]  # {"deter": (B, D), "stoch": (B, S, C), "logits": (B, S, C)}
 
@@ -48,7 +48,7 @@ class RSSM(nn.Module):
         # posterior input layer split in two: W [deter, embed] = W_d deter + W_e embed
         self.post_deter = nn.Linear(deter, hidden, bias=False)
         self.post_embed = nn.Linear(embed_dim, hidden, bias=False)
-        self.post_net = nn.Sequential(nn.LayerNorm(hidden, eps=1e-3), nn.SiLU(), nn.Linear(hidden, stoch * classes))
+        self.post_net = nn.Sequential(LayerNorm(hidden, eps=1e-3), nn.SiLU(), nn.Linear(hidden, stoch * classes))
 
     # -- single steps ------------------------------------------------------------
     def _latent(self, logits: Tensor, sample: bool) -> tuple[Tensor, Tensor]:

@@ -23,7 +23,7 @@ from stable_baselines3.common.preprocessing import is_image_space_channels_first
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import TwoHot, categorical_kl, symlog, unimix_probs
-from sb3_mamba.networks import mlp
+from sb3_mamba.networks import GroupNorm, mlp
 from sb3_mamba.rssm import RSSM, State
 
 VECTOR_KEY = "vector"  # the key of a plain Box observation
@@ -71,7 +71,7 @@ class ConvEncoder(nn.Module):
         size, _, channels = shape
         layers, in_ch, ch = [], channels, depth
         while size > 4:
-            layers += [nn.Conv2d(in_ch, ch, 4, stride=2, padding=1, bias=False), nn.GroupNorm(1, ch, eps=1e-3), nn.SiLU()]
+            layers += [nn.Conv2d(in_ch, ch, 4, stride=2, padding=1, bias=False), GroupNorm(1, ch, eps=1e-3), nn.SiLU()]
             in_ch, ch, size = ch, ch * 2, size // 2
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.out_dim = in_ch * 16
@@ -97,7 +97,7 @@ class ConvDecoder(nn.Module):
             out_ch = channels if last else ch // 2
             layers.append(nn.ConvTranspose2d(ch, out_ch, 4, stride=2, padding=1, bias=last))
             if not last:
-                layers += [nn.GroupNorm(1, out_ch, eps=1e-3), nn.SiLU()]
+                layers += [GroupNorm(1, out_ch, eps=1e-3), nn.SiLU()]
             ch = out_ch
         self.net = nn.Sequential(*layers)
 

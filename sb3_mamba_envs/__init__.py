@@ -25,6 +25,10 @@ _SPECS: dict[str, tuple[str, dict]] = {
     "MetaEscapeRoom-v0": ("sb3_mamba_envs.escape_room:MetaEscapeRoom", {}),
     **{f"MetaRooms-{n}-v0": ("sb3_mamba_envs.rooms:MetaRooms", {"num_rooms": n}) for n in range(1, 9)},
     **{f"MetaReacher-{n}-v0": ("sb3_mamba_envs.reacher:MetaReacher", {"num_goals": n}) for n in range(1, 5)},
+    "MetaReacherPixels-v0": ("sb3_mamba_envs.reacher:MetaReacher", {"num_goals": 1, "num_sub_episodes": 2,
+                                                                    "pixels": True}),
+    "MetaHumanoidDir-v0": ("sb3_mamba_envs.humanoid:MetaHumanoidDir", {}),
+    "MetaPandaReacher-v0": ("sb3_mamba_envs.panda:MetaPandaReacher", {}),
 }
 
 #: The registered IDs, in a stable order.

@@ -238,9 +238,8 @@ class MetaEpisodeEnv(gym.Env, Generic[TaskT]):
         self.metadata = {**self.metadata, "render_fps": task_env.metadata.get("render_fps", 30)}
 
         self.action_space = task_env.action_space
-        self.observation_space = _augmented_space(
-            task_env.observation_space, getattr(task_env, "reward_bounds", (-np.inf, np.inf))
-        )
+        self._reward_bounds = getattr(task_env, "reward_bounds", (-np.inf, np.inf))
+        self.observation_space = _augmented_space(task_env.observation_space, self._reward_bounds)
         self._vector_obs = isinstance(self.observation_space, spaces.Box)
         self._image_obs = isinstance(task_env.observation_space, spaces.Box) and not self._vector_obs
 
@@ -344,6 +343,8 @@ class MetaEpisodeEnv(gym.Env, Generic[TaskT]):
     # -- helpers -----------------------------------------------------------------
     def _augment(self, obs: Any, prev_reward: SupportsFloat) -> Any:
         time = self._t / self.horizon
+        # the observed copy of the reward stays inside reward_bounds (the reward itself is not clipped)
+        prev_reward = min(max(float(prev_reward), self._reward_bounds[0]), self._reward_bounds[1])
         if self._vector_obs:
             out = np.empty(self.observation_space.shape, dtype=np.float32)
             out[:-2] = obs

@@ -15,6 +15,11 @@ Gymnasium env through Shimmy's ``DmControlCompatibilityV0``.
   current goal to goal 1.
 * Observation: joint velocities (2) and fingertip (x, y) (2); the goal is not
   observed. K x T = 3 x 300 for N <= 2 and 3 x 400 for N >= 3.
+* ``MetaReacherPixels-v0`` (``pixels=True``): Reacher-1 seen as a 64x64 RGB image
+  from dm_control's fixed top camera, rendered by MuJoCo with the goal marker
+  hidden; K x T = 2 x 300. The agent's frames skip shadows, reflections, the
+  skybox and multisampling: 8x faster in software OpenGL (1.8 vs 15 ms a frame),
+  and nothing the agent needs.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dm_control.rl import control
 from dm_control.suite import base, reacher
 from dm_control.suite.utils import randomizers
 from gymnasium import spaces
+import mujoco
 from shimmy import DmControlCompatibilityV0
 
 from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv, reject_unknown_kwargs, require, require_int
@@ -89,13 +95,21 @@ class MultiGoalReacher(reacher.Reacher):
         return reward - self.control_cost * float(np.square(physics.data.ctrl).sum())
 
 
+def _plain_scene(physics, scene) -> None:
+    for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+        scene.flags[flag] = 0
+
+
 class ReacherTask(TaskEnv[np.ndarray]):
     """One sub-episode of Reacher-N; ``task`` is an ``(N, 2)`` array of goal positions."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
-    def __init__(self, num_goals: int = 1, render_mode: str | None = None, render_size: int = 256):
+    def __init__(self, num_goals: int = 1, render_mode: str | None = None, render_size: int = 256,
+                 pixels: bool = False, image_size: int = 64):
         self.num_goals = num_goals
+        self.pixels = pixels
+        self.image_size = image_size
         physics = reacher.Physics.from_xml_string(*reacher.get_model_and_assets())
         self.dm_task = MultiGoalReacher()
         self.dm_task.goals = np.zeros((num_goals, 2))
@@ -105,8 +119,12 @@ class ReacherTask(TaskEnv[np.ndarray]):
             render_kwargs={"height": render_size, "width": render_size, "camera_id": 0},
         )
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
-        bound = np.array([VELOCITY_BOUND] * 2 + [FINGERTIP_BOUND] * 2, dtype=np.float32)
-        self.observation_space = spaces.Box(-bound, bound, dtype=np.float32)
+        if pixels:
+            self.observation_space = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
+            physics.model.vis.quality.offsamples = 0  # no multisampling (read when the context is made)
+        else:
+            bound = np.array([VELOCITY_BOUND] * 2 + [FINGERTIP_BOUND] * 2, dtype=np.float32)
+            self.observation_space = spaces.Box(-bound, bound, dtype=np.float32)
         self.reward_bounds = (-CONTROL_COST * 2.0, 1.0)  # |a|^2 <= 2
         self.render_mode = render_mode
         self.render_size = render_size
@@ -155,18 +173,25 @@ class ReacherTask(TaskEnv[np.ndarray]):
         obs, _ = self._dm_env.reset(seed=int(self.np_random.integers(2**31 - 1)))
         if self.render_mode is not None:
             self._trails.append([self._fingertip()])
-        return self._flatten(obs), {}
+        return self._observation(obs), {}
 
     def step(self, action: np.ndarray):
         obs, reward, terminated, truncated, _ = self._dm_env.step(np.asarray(action, dtype=np.float64))
         info = {"current_goal": self.dm_task.current_goal}
         if self.render_mode is not None:
             self._trails[-1].append(self._fingertip())
-        return self._flatten(obs), float(reward), bool(terminated), bool(truncated), info
+        return self._observation(obs), float(reward), bool(terminated), bool(truncated), info
 
-    @staticmethod
-    def _flatten(obs: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([obs["velocity"], obs["fingertip"]]).astype(np.float32)
+    def _observation(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if not self.pixels:
+            return np.concatenate([obs["velocity"], obs["fingertip"]]).astype(np.float32)
+        # the agent's camera image, with the goal marker hidden (it must search for the goal)
+        rgba = self.physics.named.model.geom_rgba["target"]
+        alpha, rgba[3] = rgba[3], 0.0
+        try:
+            return self.physics.render(self.image_size, self.image_size, camera_id=0, scene_callback=_plain_scene)
+        finally:
+            rgba[3] = alpha
 
     def _fingertip(self) -> np.ndarray:
         return self.physics.named.data.geom_xpos["finger"].copy()
@@ -194,12 +219,14 @@ class ReacherTask(TaskEnv[np.ndarray]):
 
 
 class MetaReacher(MetaEpisodeEnv[np.ndarray]):
-    """``MetaReacher-N-v0`` for N = 1..4.
+    """``MetaReacher-N-v0`` for N = 1..4, and ``MetaReacherPixels-v0``.
 
     :param num_goals: N, goals to reach in order (default 1).
-    :param num_sub_episodes: K (default 3).
+    :param num_sub_episodes: K (default 3; 2 for ``MetaReacherPixels-v0``).
     :param sub_episode_length: T (default None: 300 for N <= 2, 400 for N >= 3, as in the paper).
     :param render_mode: ``"rgb_array"`` or None (needs MuJoCo rendering: ``MUJOCO_GL=egl`` or ``osmesa``).
+    :param pixels: observe a 64x64 RGB image (goal hidden) instead of the state; the observation
+        is then a ``Dict`` of ``"image"`` (uint8) and ``"reward_time"``. Needs MuJoCo rendering.
     """
 
     def __init__(
@@ -208,13 +235,15 @@ class MetaReacher(MetaEpisodeEnv[np.ndarray]):
         num_sub_episodes: int = 3,
         sub_episode_length: int | None = None,
         render_mode: str | None = None,
+        pixels: bool = False,
         **unknown: Any,
     ):
         name = type(self).__name__
-        reject_unknown_kwargs(name, unknown, ["num_goals", "num_sub_episodes", "sub_episode_length", "render_mode"])
+        reject_unknown_kwargs(name, unknown, ["num_goals", "num_sub_episodes", "sub_episode_length", "render_mode",
+                                              "pixels"])
         num_goals = require_int(name, "num_goals", num_goals)
         if sub_episode_length is None:
             sub_episode_length = 300 if num_goals <= 2 else 400
         require(render_mode in (None, "rgb_array"), name, "render_mode", render_mode, "must be 'rgb_array' or None")
-        task_env = ReacherTask(num_goals=num_goals, render_mode=render_mode)
+        task_env = ReacherTask(num_goals=num_goals, render_mode=render_mode, pixels=bool(pixels))
         super().__init__(task_env, num_sub_episodes, sub_episode_length, render_mode=render_mode)

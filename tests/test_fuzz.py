@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sb3_mamba_envs import ENV_IDS
+from tests.rendering import env_params
 
 STEPS = {"MetaReacher": 1500}  # MuJoCo envs are the slowest; others get 3000 steps
 
@@ -42,7 +43,7 @@ def check_step_output(env: gym.Env, obs, reward) -> None:
     assert np.isfinite(reward) and low - 1e-6 <= reward <= high + 1e-6, reward
 
 
-@pytest.mark.parametrize("env_id", ENV_IDS)
+@pytest.mark.parametrize("env_id", env_params())
 def test_fuzz_random_and_invalid_actions(env_id):
     rng = np.random.default_rng(zlib.crc32(env_id.encode()))
     env = gym.make(env_id)
