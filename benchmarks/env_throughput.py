@@ -37,15 +37,20 @@ def main() -> None:
     for env_id in args.envs:
         env = gym.make(env_id)
         random, _, random_sps = play_scripted(env, "random", args.episodes)
-        oracle, _, _ = play_scripted(env, "oracle", args.episodes)
+        try:
+            oracle, _, _ = play_scripted(env, "oracle", args.episodes)
+        except NotImplementedError:  # Humanoid-Dir: no scripted walker
+            oracle = None
         rows.append({
             "env": env_id, "horizon": env.unwrapped.horizon,
             "random_mean": float(random.mean()), "random_std": float(random.std()),
-            "oracle_mean": float(oracle.mean()), "oracle_std": float(oracle.std()),
+            "oracle_mean": None if oracle is None else float(oracle.mean()),
+            "oracle_std": None if oracle is None else float(oracle.std()),
             "env_steps_per_s": random_sps,
         })
+        oracle_text = "-" if oracle is None else f"{oracle.mean():.1f} +- {oracle.std():.1f}"
         print(f"| {env_id} | {env.unwrapped.horizon} | {random.mean():.1f} +- {random.std():.1f} "
-              f"| {oracle.mean():.1f} +- {oracle.std():.1f} | {random_sps:,.0f} |", flush=True)
+              f"| {oracle_text} | {random_sps:,.0f} |", flush=True)
         env.close()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

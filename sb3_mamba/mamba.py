@@ -174,7 +174,8 @@ class MAMBA(BaseAlgorithm):
         self.wm_indices = settings["wm_indices"]
         self.ac_indices = settings["ac_indices"]
         self.wm_horizon_initial = settings["wm_horizon_initial"]
-        self.wm_horizon_steps = wm_horizon_steps
+        # (YAML gives 1.5e7 as a float)
+        self.wm_horizon_steps = int(wm_horizon_steps) if isinstance(wm_horizon_steps, float) else wm_horizon_steps
         self.meta_episode_length = meta_episode_length
         self.imag_horizon = settings["imag_horizon"]
         self.discount = discount
@@ -257,7 +258,7 @@ class MAMBA(BaseAlgorithm):
             )
         if self.sampling == "prefix" and self.wm_horizon_initial is not None:
             if self.wm_horizon_initial < self.meta_episode_length and not (
-                isinstance(self.wm_horizon_steps, (int, np.integer)) and self.wm_horizon_steps > 0
+                isinstance(self.wm_horizon_steps, (int, float, np.number)) and self.wm_horizon_steps > 0
             ):
                 raise ValueError(
                     f"wm_horizon_steps={self.wm_horizon_steps!r} cannot grow H' from {self.wm_horizon_initial} "

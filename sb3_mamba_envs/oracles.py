@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -94,6 +94,14 @@ def _reacher_oracle(task_env) -> Policy:
     return act
 
 
+def _panda_oracle(task_env) -> Policy:
+    def act(obs: Any) -> np.ndarray:
+        # end-effector displacement towards the goal (panda-gym moves 0.05 m per unit of action)
+        return np.clip((task_env.task - task_env.ee_position) / 0.05, -1.0, 1.0).astype(np.float32)
+
+    return act
+
+
 def oracle_policy(env) -> Policy:
     """A scripted policy for ``env`` (a made env of this package) that knows the current task."""
     meta_env = env.unwrapped
@@ -108,6 +116,13 @@ def oracle_policy(env) -> Policy:
         return _rooms_oracle(task_env)
     if type(task_env).__name__ == "ReacherTask":  # avoid importing dm_control for the 2-D envs
         return _reacher_oracle(task_env)
+    if type(task_env).__name__ == "PandaReachTask":
+        return _panda_oracle(task_env)
+    if type(task_env).__name__ == "HumanoidDirTask":
+        raise NotImplementedError(
+            "No scripted oracle walks a humanoid; tests check Humanoid-Dir's direction reward by moving the "
+            "body along the task direction (tests/test_env_rules.py)."
+        )
     raise TypeError(f"No oracle for {type(task_env).__name__}.")
 
 

@@ -11,6 +11,8 @@ from gymnasium import spaces
 
 from sb3_mamba_envs.meta_episode import IMAGE_KEY, REWARD_TIME_KEY, MetaEpisodeEnv, TaskEnv
 from sb3_mamba_envs.oracles import oracle_policy
+from tests.rendering import SKIP_REASON as RENDER_SKIP_REASON
+from tests.rendering import can_render
 
 
 def play(env: gym.Env, policy, seed: int) -> tuple[float, list[float], list[dict]]:
@@ -291,3 +293,106 @@ def test_reacher_sub_episode_resets_arm_and_goal_progress():
 def test_reacher_oracle_vs_random(num_goals):
     oracle, random = mean_returns(f"MetaReacher-{num_goals}-v0", 3)
     assert oracle > 400 and random < 0.25 * oracle
+
+
+# -- Reacher from pixels ------------------------------------------------------------
+@pytest.mark.skipif(not can_render(), reason=RENDER_SKIP_REASON)
+def test_reacher_pixels_hide_the_goal_and_follow_the_arm():
+    env = gym.make("MetaReacherPixels-v0", render_mode="rgb_array")
+    obs, _ = env.reset(seed=0)
+    assert env.unwrapped.horizon == 600 and obs[IMAGE_KEY].shape == (64, 64, 3) and obs[IMAGE_KEY].dtype == np.uint8
+    task_env = env.unwrapped.task_env
+    goal_a, goal_b = np.array([[0.15, 0.0]]), np.array([[-0.15, 0.05]])
+    task_env.set_task(goal_a)
+    task_env.dm_task._show_current_goal(task_env.physics)
+    task_env.physics.forward()  # recompute the marker's position (a step would)
+    image_a, frame_a = task_env._observation({}), env.render()
+    task_env.set_task(goal_b)
+    task_env.dm_task._show_current_goal(task_env.physics)
+    task_env.physics.forward()
+    image_b, frame_b = task_env._observation({}), env.render()
+    np.testing.assert_array_equal(image_a, image_b)  # the agent never sees the goal...
+    assert np.abs(frame_a.astype(int) - frame_b).sum() > 0  # ...but the human view shows it
+    obs, _ = env.reset(seed=0)
+    moved = obs
+    for _ in range(10):
+        moved, *_ = env.step(np.ones(2, np.float32))
+    assert np.abs(moved[IMAGE_KEY].astype(int) - obs[IMAGE_KEY]).sum() > 0  # the arm moves in the image
+
+
+@pytest.mark.skipif(not can_render(), reason=RENDER_SKIP_REASON)
+def test_reacher_pixels_oracle_vs_random():
+    oracle, random = mean_returns("MetaReacherPixels-v0", 2, sub_episode_length=100)
+    assert oracle > 100 and random < 0.25 * oracle
+
+
+# -- Humanoid-Dir ---------------------------------------------------------------------
+def _push(env, speed: float, angle: float) -> dict:
+    """One zero-torque step with the whole body set moving at ``speed`` along ``angle``."""
+    humanoid = env.unwrapped.task_env._humanoid
+    qpos, qvel = humanoid.data.qpos.copy(), np.zeros_like(humanoid.data.qvel)
+    qvel[:2] = speed * np.array([np.cos(angle), np.sin(angle)])  # the free root joint's linear velocity
+    humanoid.set_state(qpos, qvel)
+    humanoid.data.xipos[:] = humanoid.data.xipos  # (set_state ran mj_forward: the "before" COM is current)
+    _, reward, _, _, info = env.step(np.zeros(17, np.float32))
+    return {"reward": reward, **info}
+
+
+def test_humanoid_direction_reward_rule():
+    env = gym.make("MetaHumanoidDir-v0")
+    env.reset(seed=0, options={"task": 0.7})
+    along = _push(env, 1.0, 0.7)
+    env.reset(seed=0, options={"task": 0.7})
+    against = _push(env, 1.0, 0.7 + np.pi)
+    env.reset(seed=0, options={"task": 0.7})
+    across = _push(env, 1.0, 0.7 + np.pi / 2)
+    # the centre of mass moves with the body: 1.25 x its speed along the task direction
+    assert along["reward_direction"] == pytest.approx(1.25, rel=0.1)
+    assert against["reward_direction"] == pytest.approx(-1.25, rel=0.1)
+    assert abs(across["reward_direction"]) < 0.15
+    # alive bonus while upright, minus the (zero-torque: zero) control cost and the contact cost
+    assert along["reward"] == pytest.approx(along["reward_direction"] + 5.0, abs=0.05)
+    assert along["reward"] - against["reward"] == pytest.approx(2.5, rel=0.1)
+
+
+def test_humanoid_direction_oracle_vs_random_and_falls_end_sub_episodes():
+    env = gym.make("MetaHumanoidDir-v0")
+    oracle, random = [], []
+    for seed in range(3):
+        env.reset(seed=seed)
+        theta = env.unwrapped.task
+        oracle.append(sum(_push(env, 1.0, theta)["reward_direction"] for _ in range(15)))
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        random.append(sum(env.step(env.action_space.sample())[4]["reward_direction"] for _ in range(15)))
+    assert np.mean(oracle) > 15 and abs(np.mean(random)) < 0.3 * np.mean(oracle)
+    # a random humanoid falls: its sub-episodes end early, the meta-episode is shorter than H
+    _, sub_returns, infos = play(env, lambda obs: env.action_space.sample(), seed=0)
+    lengths = infos[-1]["sub_episode_lengths"]
+    assert len(lengths) == 2 and all(0 < n < 200 for n in lengths) and len(infos) == sum(lengths)
+    assert infos[-1]["torso_height"] < 1.0 or infos[-1]["torso_height"] > 2.0
+
+
+# -- Panda Reacher ------------------------------------------------------------------------
+def test_panda_sparse_reward_and_success_cue():
+    env = gym.make("MetaPandaReacher-v0")
+    obs, _ = env.reset(seed=0)
+    task_env = env.unwrapped.task_env
+    assert env.unwrapped.horizon == 150 and obs[IMAGE_KEY].shape == (64, 64, 3)
+    green = lambda image: int(((image[..., 1] > 150) & (image[..., 0] < 100)).sum())  # noqa: E731
+    assert green(obs[IMAGE_KEY]) == 0  # the goal is hidden
+    policy = oracle_policy(env)
+    for _ in range(50):
+        obs, reward, _, _, info = env.step(policy(obs))
+        assert reward == float(info["distance"] < 0.05)  # 1 inside the goal radius, else 0
+        if reward:
+            break
+    assert reward == 1.0 and green(obs[IMAGE_KEY]) > 5  # at the goal the cue shows
+    obs, reward, *_ = env.step(np.array([0.0, 0.0, 1.0], np.float32))
+    obs, reward, *_ = env.step(np.array([0.0, 0.0, 1.0], np.float32))
+    assert reward == 0.0 and green(obs[IMAGE_KEY]) == 0  # and goes away with the arm
+
+
+def test_panda_oracle_vs_random():
+    oracle, random = mean_returns("MetaPandaReacher-v0", 3)
+    assert oracle > 120 and random < 15
