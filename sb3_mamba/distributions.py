@@ -11,6 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def full_precision(x: Tensor) -> Tensor:
+    """bfloat16/float16 -> float32 (distribution and loss math under autocast); other dtypes unchanged."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def symlog(x: Tensor) -> Tensor:
     """``sign(x) * log(1 + |x|)``: squashes large magnitudes, identity-like near 0."""
     return torch.sign(x) * torch.log1p(torch.abs(x))
@@ -58,18 +63,18 @@ class TwoHot:
 
     def log_prob(self, logits: Tensor, y: Tensor) -> Tensor:
         """(..., K) logits, (...) targets -> (...) log-likelihood (the negative loss)."""
-        logits = logits.float()  # (losses in float32 under bfloat16 autocast)
+        logits = full_precision(logits)  # (losses in float32 under bfloat16 autocast)
         return (self.encode(y.to(logits.dtype)) * F.log_softmax(logits, dim=-1)).sum(-1)
 
     def mean(self, logits: Tensor) -> Tensor:
         """(..., K) logits -> (...) predicted value."""
-        logits = logits.float()
+        logits = full_precision(logits)
         return symexp((F.softmax(logits, dim=-1) * self.bins(logits)).sum(-1))
 
 
 def unimix_probs(logits: Tensor, unimix: float) -> Tensor:
     """Softmax mixed with ``unimix`` of the uniform distribution (keeps every class reachable)."""
-    probs = F.softmax(logits.float(), dim=-1)
+    probs = F.softmax(full_precision(logits), dim=-1)
     if unimix > 0:
         probs = (1.0 - unimix) * probs + unimix / probs.shape[-1]
     return probs
@@ -119,8 +124,8 @@ class BoundedNormal:
     """
 
     def __init__(self, mean_logits: Tensor, std_logits: Tensor, min_std: float = 0.1, max_std: float = 1.0):
-        self.mean = torch.tanh(mean_logits.float())  # (..., A)
-        self.std = (max_std - min_std) * torch.sigmoid(std_logits.float() + 2.0) + min_std
+        self.mean = torch.tanh(full_precision(mean_logits))  # (..., A)
+        self.std = (max_std - min_std) * torch.sigmoid(full_precision(std_logits) + 2.0) + min_std
         self._normal = torch.distributions.Normal(self.mean, self.std)
 
     def rsample(self) -> Tensor:

@@ -5,19 +5,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sb3_mamba.distributions import full_precision
+
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 (under bfloat16 autocast only the matmuls run in bfloat16)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float())
+        return super().forward(full_precision(x))
 
 
 class GroupNorm(nn.GroupNorm):
     """GroupNorm computed in float32 (see :class:`LayerNorm`)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float())
+        return super().forward(full_precision(x))
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_out: bool = False) -> nn.Sequential:

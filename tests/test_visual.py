@@ -17,7 +17,10 @@ PIXEL_IDS = ["MetaReacherPixels-v0", "MetaPandaReacher-v0"]
 
 
 # both policy names select the CNN for the image key (SB3 itself refuses "CnnPolicy" on Dict spaces)
-@pytest.mark.parametrize("env_id, policy", zip(env_params(PIXEL_IDS), ["MultiInputPolicy", "RSSMPolicy"]))
+@pytest.mark.parametrize("env_id, policy", [
+    pytest.param(param.values[0], policy, marks=param.marks)
+    for param, policy in zip(env_params(PIXEL_IDS), ["MultiInputPolicy", "RSSMPolicy"])
+])
 def test_mamba_trains_on_pixels_and_round_trips(env_id, policy, tmp_path):
     env = make_vec_env(env_id, n_envs=2, seed=0, env_kwargs={"sub_episode_length": 6})
     model = MAMBA(policy, env, seed=0, **{**TINY, "learning_rate": 2e-4})
