@@ -9,7 +9,7 @@ Prints each table and writes ``benchmarks/results/benchmark_<tag>.json`` and ``.
 
 * **update**: seconds per gradient update at the paper's sizes (units 128, deter 512,
   stoch 16x16, hidden 64, batch 16, L_wm 64, L_ac 512, imagination horizon 2 as the
-  reference on Rooms/PRN), split into RSSM unroll (forward), the rest of the world-model
+  reference on Rooms/PRN; the pixel envs add the CNN encoder/decoder), split into RSSM unroll (forward), the rest of the world-model
   step (heads, losses, backward, Adam), imagination (forward) and the rest of the
   actor-critic step; for the plain eager formulation (``benchmarks/plain_update.py``,
   measured in the same run as the baseline), the optimised float32 path and bfloat16
@@ -58,7 +58,7 @@ MODES = ("plain", "optimised", "bfloat16")
 
 # -- building and timing -------------------------------------------------------------------------
 def build(env_id: str, preset: str, sizes: dict, device: str, env_kwargs: dict | None = None, n_envs: int = 4,
-          quick: bool = False) -> MAMBA:
+          quick: bool = False, imag_horizon: int | None = 2) -> MAMBA:
     """A model whose replay holds a few random meta-episodes (no update yet)."""
     env = make_vec_env(env_id, n_envs=n_envs, seed=0, env_kwargs=env_kwargs or {})
     horizon = env.get_attr("horizon")[0]
@@ -66,7 +66,7 @@ def build(env_id: str, preset: str, sizes: dict, device: str, env_kwargs: dict |
     if quick:
         extra = {"wm_indices": 8, "ac_indices": 16} if preset == "mamba" else {"batch_length": 16}
     model = MAMBA("RSSMPolicy", env, preset=preset, seed=0, device=device, prefill_episodes=2 * n_envs,
-                  train_ratio=1e-9, imag_horizon=2 if preset == "mamba" else None, **sizes, **extra)
+                  train_ratio=1e-9, imag_horizon=imag_horizon if preset == "mamba" else None, **sizes, **extra)
     model.learn(2 * horizon * n_envs)  # random prefill only: two meta-episodes per env
     return model
 
@@ -145,12 +145,19 @@ def update_cases(quick: bool) -> list[dict[str, Any]]:
          "prefixes": [None]},
         {"name": "Rooms-3 Dreamer-Vanilla sizes", "env": "MetaRooms-3-v0", "preset": "dreamer_vanilla",
          "sizes": "VANILLA", "prefixes": [None]},
+        # pixels: CNN encoder over every step of the prefix, transposed-CNN decoder at the L_wm indices
+        # (imagination horizon 10 there, the paper's default)
+        {"name": "Reacher-pixels MAMBA", "env": "MetaReacherPixels-v0", "preset": "mamba", "sizes": "PAPER",
+         "prefixes": [50], "imag_horizon": 10},
+        {"name": "Panda MAMBA", "env": "MetaPandaReacher-v0", "preset": "mamba", "sizes": "PAPER", "prefixes": [150],
+         "imag_horizon": 10},
     ]
 
 
 def run_update_case(case: dict[str, Any], device: str, updates: int, quick: bool) -> list[dict[str, Any]]:
     sizes = {"PAPER": PAPER, "VANILLA": VANILLA, "QUICK": QUICK}[case["sizes"]]
-    model = build(case["env"], case["preset"], sizes, device, case.get("env_kwargs"), quick=quick)
+    model = build(case["env"], case["preset"], sizes, device, case.get("env_kwargs"), quick=quick,
+                  imag_horizon=case.get("imag_horizon", 2))
     rows = []
     for prefix in case["prefixes"]:
         for mode in MODES:
