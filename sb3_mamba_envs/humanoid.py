@@ -30,7 +30,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv
 
-from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv, reject_unknown_kwargs, require, require_int
+from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv, reject_unknown_kwargs, require
 
 FORWARD_WEIGHT = 1.25
 OBSERVATION_BOUND = 1e4
@@ -126,7 +126,5 @@ class MetaHumanoidDir(MetaEpisodeEnv[float]):
         name = type(self).__name__
         reject_unknown_kwargs(name, unknown, ["num_sub_episodes", "sub_episode_length", "render_mode"])
         require(render_mode in (None, "rgb_array"), name, "render_mode", render_mode, "must be 'rgb_array' or None")
-        require_int(name, "num_sub_episodes", num_sub_episodes)
-        require_int(name, "sub_episode_length", sub_episode_length)
         super().__init__(HumanoidDirTask(render_mode=render_mode), num_sub_episodes, sub_episode_length,
                          render_mode=render_mode)

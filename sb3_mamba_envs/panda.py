@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv, reject_unknown_kwargs, require, require_int
+from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv, reject_unknown_kwargs, require
 
 GOAL_DISTANCE = 0.15
 GOAL_HEIGHT = 0.075
@@ -220,7 +220,5 @@ class MetaPandaReacher(MetaEpisodeEnv[np.ndarray]):
         name = type(self).__name__
         reject_unknown_kwargs(name, unknown, ["num_sub_episodes", "sub_episode_length", "render_mode"])
         require(render_mode in (None, "rgb_array"), name, "render_mode", render_mode, "must be 'rgb_array' or None")
-        require_int(name, "num_sub_episodes", num_sub_episodes)
-        require_int(name, "sub_episode_length", sub_episode_length)
         super().__init__(PandaReachTask(render_mode=render_mode), num_sub_episodes, sub_episode_length,
                          render_mode=render_mode)

@@ -196,6 +196,11 @@ def test_rooms_stay_action_option():
         ("MetaEscapeRoom-v0", {"door_width": 0.0}, "door_width"),
         ("MetaReacher-2-v0", {"num_goals": 0}, "num_goals"),
         ("MetaReacher-2-v0", {"goal": 1}, "goal"),
+        ("MetaReacher-1-v0", {"pixel": True}, "pixel"),
+        ("MetaHumanoidDir-v0", {"sub_episode_length": 0}, "sub_episode_length"),
+        ("MetaHumanoidDir-v0", {"render_mode": "ansi"}, "render_mode"),
+        ("MetaPandaReacher-v0", {"goal_radius": 0.1}, "goal_radius"),
+        ("MetaPandaReacher-v0", {"num_sub_episodes": 0}, "num_sub_episodes"),
     ],
 )
 def test_bad_kwargs_raise_value_error_naming_the_argument(env_id, kwargs, argument):
