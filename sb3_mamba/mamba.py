@@ -566,9 +566,8 @@ class MAMBA(BaseAlgorithm):
                     f"this model has {getattr(self, name)}."
                 )
         if buffer.n_envs != self.n_envs:
-            buffer.discard_open()  # in-progress meta-episodes belong to the old envs
-            buffer._open = [None] * self.n_envs
             buffer.n_envs = self.n_envs
+            buffer.discard_open()  # in-progress meta-episodes belong to the old envs
         self.replay_buffer = buffer
 
 

@@ -377,7 +377,6 @@ def test_humanoid_direction_oracle_vs_random_and_falls_end_sub_episodes():
 def test_panda_sparse_reward_and_success_cue():
     env = gym.make("MetaPandaReacher-v0")
     obs, _ = env.reset(seed=0)
-    task_env = env.unwrapped.task_env
     assert env.unwrapped.horizon == 150 and obs[IMAGE_KEY].shape == (64, 64, 3)
     green = lambda image: int(((image[..., 1] > 150) & (image[..., 0] < 100)).sum())  # noqa: E731
     assert green(obs[IMAGE_KEY]) == 0  # the goal is hidden
