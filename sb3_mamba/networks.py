@@ -69,4 +69,4 @@ class LayerNormGRUCell(nn.Module):
         reset = torch.sigmoid(reset)
         candidate = torch.tanh(reset * candidate)
         update = torch.sigmoid(update - 1.0)  # biased towards keeping the state
-        return update * candidate + (1.0 - update) * h
+        return torch.lerp(h, candidate, update)  # = update * candidate + (1 - update) * h, one kernel

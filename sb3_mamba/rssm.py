@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sb3_mamba.distributions import sample_one_hot, unimix_probs
+from sb3_mamba.distributions import one_hot_mode, sample_one_hot, unimix_probs
 from sb3_mamba.networks import LayerNorm, LayerNormGRUCell, mlp
+from sb3_mamba.rssm_scan import PosteriorScan, scan_weights
 
 State = dict[str, Tensor]  # {"deter": (B, D), "stoch": (B, S, C), "logits": (B, S, C)}
 
@@ -35,6 +36,9 @@ class RSSM(nn.Module):
     :param hidden: width of the MLPs inside the cell (``dyn_hidden``, MAMBA 64, Dreamer-Vanilla 512).
     :param unimix: uniform mixture of the latent categoricals (0.01).
     """
+
+    #: run :meth:`observe` through :class:`~sb3_mamba.rssm_scan.PosteriorScan` (False: autograd steps)
+    fused_observe: bool = True
 
     def __init__(self, embed_dim: int, action_dim: int, deter: int = 512, stoch: int = 16, classes: int = 16,
                  hidden: int = 64, unimix: float = 0.01):
@@ -57,7 +61,7 @@ class RSSM(nn.Module):
         if sample:
             stoch = sample_one_hot(probs)
         else:
-            stoch = nn.functional.one_hot(probs.argmax(-1), self.classes).to(probs.dtype)
+            stoch = one_hot_mode(probs)
         return stoch, logits
 
     def initial(self, batch_size: int) -> State:
@@ -115,11 +119,31 @@ class RSSM(nn.Module):
     # -- sequences ---------------------------------------------------------------
     def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
                 sample: bool = True) -> tuple[State, State]:
-        """Unroll the posterior over a sequence.
+        """Unroll the posterior over a sequence from the initial state.
 
         embed (B, T, E), action (B, T, A) (the action that led to step t),
         is_first (B, T) -> posts (deter, stoch, logits) and priors (deter, logits), fields (B, T, ...).
+        Runs :class:`~sb3_mamba.rssm_scan.PosteriorScan` (hand-written backward); the same
+        computation through autograd, step by step, is :meth:`observe_steps` (used when
+        ``state`` is given or ``fused_observe`` is False).
         """
+        if state is not None or not self.fused_observe:
+            return self.observe_steps(embed, action, is_first, state, sample)
+        device = embed.device.type
+        compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        initial = self.initial(1)
+        keep = ~is_first.T.bool()  # (T, B)
+        keep[0] = False  # the unroll starts from the initial state
+        deter, stoch, logits = PosteriorScan.apply(
+            self, sample, compute_dtype, self.project_embed(embed).float().transpose(0, 1), action.transpose(0, 1),
+            keep, initial["deter"][0], initial["stoch"][0].flatten().detach(), *scan_weights(self),
+        )
+        post = {"deter": deter.transpose(0, 1), "stoch": stoch.transpose(0, 1), "logits": logits.transpose(0, 1)}
+        return post, self._prior(post)
+
+    def observe_steps(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
+                      sample: bool = True) -> tuple[State, State]:
+        """:meth:`observe` through autograd, one :meth:`obs_step` at a time (from ``state`` if given)."""
         embed_proj = self.project_embed(embed)  # (B, T, hidden), one matmul for all steps
         any_first = is_first.any(0).tolist()  # one host sync instead of a reset blend at every step
         posts = []
@@ -128,10 +152,12 @@ class RSSM(nn.Module):
             state = self.obs_step(state, action[:, t], embed_proj[:, t], first, sample)
             posts.append(state)
         post = {k: torch.stack([s[k] for s in posts], dim=1) for k in posts[0]}
+        return post, self._prior(post)
+
+    def _prior(self, post: State) -> State:
         # The prior only enters the KL: its logits for all steps in one batched call after the loop.
         prior_logits = self.prior_net(post["deter"])
-        prior = {"deter": post["deter"], "logits": prior_logits.reshape(post["logits"].shape)}
-        return post, prior
+        return {"deter": post["deter"], "logits": prior_logits.reshape(post["logits"].shape)}
 
     @staticmethod
     def feat(state: State) -> Tensor:

@@ -1,0 +1,111 @@
+"""The fused posterior unroll (hand-written backward) equals the autograd step loop."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+import sb3_mamba.rssm_scan as rssm_scan
+from sb3_mamba.rssm import RSSM
+
+B, T, E, A = 5, 13, 24, 4
+
+
+def make_rssm() -> RSSM:
+    torch.manual_seed(0)
+    rssm = RSSM(E, A, deter=32, stoch=4, classes=5, hidden=16)
+    with torch.no_grad():  # move off the initialisation (zero biases, unit norms) so every term matters
+        for p in rssm.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return rssm
+
+
+def inputs():
+    torch.manual_seed(1)
+    embed = torch.randn(B, T, E, requires_grad=True)
+    action = torch.randn(B, T, A)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    is_first[1, 5] = is_first[3, 9] = is_first[3, 10] = True  # restarts inside the sequence
+    return embed, action, is_first
+
+
+def values_and_grads(rssm: RSSM, fused: bool, sample: bool):
+    embed, action, is_first = inputs()
+    with mock.patch.object(rssm, "fused_observe", fused):
+        torch.manual_seed(2)
+        post, prior = rssm.observe(embed, action, is_first, sample=sample)
+    generator = torch.Generator().manual_seed(3)  # fixed loss weights on every output
+    weights = [torch.randn(x.shape, generator=generator) for x in (post["deter"], post["stoch"], post["logits"],
+                                                                   prior["logits"])]
+    loss = sum((x * w).sum() for x, w in zip((post["deter"], post["stoch"], post["logits"], prior["logits"]), weights))
+    loss = loss + (post["stoch"].softmax(-1) ** 2).sum()  # a nonlinear use of the straight-through sample
+    params = dict(embed=embed, **dict(rssm.named_parameters()))
+    grads = torch.autograd.grad(loss, list(params.values()))
+    return post, dict(zip(params, grads))
+
+
+@pytest.mark.parametrize("sample", [True, False])
+def test_fused_scan_matches_autograd_steps(sample):
+    rssm = make_rssm()
+    fused_post, fused_grads = values_and_grads(rssm, True, sample)
+    step_post, step_grads = values_and_grads(rssm, False, sample)
+    for key in ("deter", "stoch", "logits"):
+        torch.testing.assert_close(fused_post[key], step_post[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert fused_post["stoch"].sum(-1).allclose(torch.ones(B, T, 4))  # one-hot samples
+    for name, grad in step_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-4, msg=name)
+    # every RSSM parameter the posterior touches gets a real gradient
+    assert fused_grads["gru.linear.weight"].abs().sum() > 0 and fused_grads["initial_deter"].abs().sum() > 0
+
+
+def test_fused_scan_detects_a_wrong_gradient():
+    """The comparison above is sensitive: a 1% error in one backward term fails it."""
+    rssm = make_rssm()
+    step_grads = values_and_grads(rssm, False, True)[1]
+    original = rssm_scan.aten.tanh_backward
+
+    class Aten:  # aten with a slightly wrong tanh backward
+        def __getattr__(self, name):
+            if name == "tanh_backward":
+                return lambda grad, out: 1.01 * original(grad, out)
+            return getattr(torch.ops.aten, name)
+
+    with mock.patch.object(rssm_scan, "aten", Aten()):
+        fused_grads = values_and_grads(rssm, True, True)[1]
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(fused_grads["gru.linear.weight"], step_grads["gru.linear.weight"], rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_prepacked_and_plain_matmuls_agree():
+    rssm = make_rssm()
+    packed_post, packed_grads = values_and_grads(rssm, True, True)
+    with mock.patch.object(rssm_scan, "_onednn_linear_works", lambda: False):
+        plain_post, plain_grads = values_and_grads(rssm, True, True)
+    torch.testing.assert_close(packed_post["deter"], plain_post["deter"], rtol=1e-5, atol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_onednn_check_leaves_the_rng_alone():
+    rssm_scan._onednn_linear_works.cache_clear()
+    torch.manual_seed(0)
+    rssm_scan._onednn_linear_works()
+    after_check = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after_check, torch.rand(3))
+
+
+def test_fused_scan_under_bfloat16_autocast_is_close():
+    rssm = make_rssm()
+    embed, action, is_first = inputs()
+    reference, _ = rssm.observe(embed, action, is_first, sample=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        post, _ = rssm.observe(embed, action, is_first, sample=False)
+    assert post["deter"].dtype == torch.float32
+    torch.testing.assert_close(post["deter"], reference["deter"], rtol=0.05, atol=0.05)
+    post["deter"].sum().backward()
+    assert embed.grad is not None and torch.isfinite(embed.grad).all()
