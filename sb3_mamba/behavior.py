@@ -29,8 +29,8 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from sb3_mamba.distributions import BoundedNormal, OneHotCategorical, TwoHot
-from sb3_mamba.networks import mlp
+from sb3_mamba.distributions import BoundedNormal, OneHotCategorical, TwoHot, full_precision
+from sb3_mamba.networks import mlp, mlp_outputs
 from sb3_mamba.rssm import RSSM, State
 
 
@@ -176,17 +176,33 @@ class ActorCritic(nn.Module):
         # the actor's gradient flows through the model (continuous actions) but does not update it
         with frozen(world_model):
             feat0, feats, actions, actor_out = self.imagine(world_model.rssm, start, horizon)
-            reward = world_model.two_hot.mean(world_model.reward_head(feats))  # (H, N), steps 1..H
-            cont = torch.sigmoid(world_model.continue_head(feats).squeeze(-1))  # (H, N)
+        reward_head, continue_head = world_model.reward_head, world_model.continue_head
         critic0 = start.take(self.critic(feat0))  # (N, bins), step 0 (its input carries no gradient)
-        if self.discrete:  # nothing to differentiate through: one critic pass for targets and loss
-            logits = torch.cat([critic0[None], self.critic(feats)])  # (H+1, N, bins)
-            value = self.two_hot.mean(logits).detach()
-            critic_logits = logits[:-1]
-        else:  # values carry the actor's gradient through the features, not into the critic
-            with frozen(self.critic):
-                value = torch.cat([self.two_hot.mean(critic0).detach()[None], self.two_hot.mean(self.critic(feats))])
+        with torch.no_grad():
+            slow0 = start.take(self.slow_critic(feat0))
+        if self.discrete:
+            # Nothing differentiates through the rollout: the heads without gradients share their first
+            # matmul per step, and the critic's gradient pass covers only the steps of its loss.
+            with torch.no_grad():
+                reward_mid, cont_mid, slow_mid = mlp_outputs(feats[:-1], [reward_head, continue_head, self.slow_critic])
+                reward_last, cont_last, critic_last = mlp_outputs(feats[-1:], [reward_head, continue_head, self.critic])
+            two_hot = world_model.two_hot
+            reward = torch.cat([two_hot.mean(reward_mid), two_hot.mean(reward_last)])  # (H, N), steps 1..H
+            cont_logits = torch.cat([cont_mid, cont_last])
+            critic_logits = torch.cat([critic0[None], self.critic(feats[:-1])])  # (H, N, bins), steps 0..H-1
+            value = torch.cat([self.two_hot.mean(critic_logits), self.two_hot.mean(critic_last)]).detach()  # (H+1, N)
+            slow_target = torch.cat([self.two_hot.mean(slow0)[None], self.two_hot.mean(slow_mid)])
+        else:  # rewards, continuation and values carry the actor's gradient through the features
+            with frozen(world_model), frozen(self.critic):
+                reward_logits, cont_logits, value_logits = mlp_outputs(feats, [reward_head, continue_head,
+                                                                               self.critic])
+            reward = world_model.two_hot.mean(reward_logits)  # (H, N), steps 1..H
+            value = torch.cat([self.two_hot.mean(critic0).detach()[None], self.two_hot.mean(value_logits)])
             critic_logits = torch.cat([critic0[None], self.critic(feats[:-1].detach())])
+            with torch.no_grad():
+                slow_target = torch.cat([self.two_hot.mean(slow0)[None],
+                                         self.two_hot.mean(self.slow_critic(feats[:-1]))])
+        cont = torch.sigmoid(full_precision(cont_logits).squeeze(-1))  # (H, N)
         returns = lambda_returns(reward, cont, value, discount, lam)  # (H, N)
         # weight of step t: probability the imagined episode is still running
         weight = torch.cumprod(torch.cat([torch.ones_like(cont[:1]), discount * cont[:-1]]), 0).detach()
@@ -202,11 +218,9 @@ class ActorCritic(nn.Module):
         actor_entropy = dist.entropy()
         actor_loss = -(weight * (objective + entropy * actor_entropy)).mean()
 
-        with torch.no_grad():
-            slow_logits = torch.cat([start.take(self.slow_critic(feat0))[None], self.slow_critic(feats[:-1])])
-        slow_target = self.two_hot.mean(slow_logits)
-        critic_nll = -self.two_hot.log_prob(critic_logits, returns.detach())
-        critic_nll = critic_nll - slow_reg * self.two_hot.log_prob(critic_logits, slow_target)
+        critic_log_probs = torch.log_softmax(full_precision(critic_logits), dim=-1)  # one pass for both targets
+        critic_nll = -self.two_hot.log_prob_normalized(critic_log_probs, returns.detach())
+        critic_nll = critic_nll - slow_reg * self.two_hot.log_prob_normalized(critic_log_probs, slow_target)
         critic_loss = (weight * critic_nll).mean()
         metrics = {
             "actor_loss": actor_loss,

@@ -48,28 +48,41 @@ class TwoHot:
             self._bins[key] = torch.linspace(self.low, self.high, self.num_bins, device=like.device, dtype=like.dtype)
         return self._bins[key]
 
-    def encode(self, y: Tensor) -> Tensor:
-        """(...) targets -> (..., K) two-hot weights."""
+    def _neighbours(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(...) targets -> (..., 1) index of the bin below symlog(y) and (..., 1) weight of the bin above."""
         x = symlog(y).clamp(self.low, self.high)
         bins = self.bins(x)
         position = (x - self.low) / (self.high - self.low) * (self.num_bins - 1)
         below = position.floor().long().clamp(0, self.num_bins - 2)
         # clamp: linspace bins are off by ~1e-16, which must not give negative weights
         weight_above = ((x - bins[below]) / (bins[below + 1] - bins[below])).clamp(0.0, 1.0)
-        weights = torch.zeros(*x.shape, self.num_bins, device=x.device, dtype=x.dtype)
-        weights.scatter_(-1, below.unsqueeze(-1), (1.0 - weight_above).unsqueeze(-1))
-        weights.scatter_add_(-1, (below + 1).unsqueeze(-1), weight_above.unsqueeze(-1))
+        return below.unsqueeze(-1), weight_above.unsqueeze(-1)
+
+    def encode(self, y: Tensor) -> Tensor:
+        """(...) targets -> (..., K) two-hot weights."""
+        below, weight_above = self._neighbours(y)
+        weights = torch.zeros(*y.shape, self.num_bins, device=y.device, dtype=weight_above.dtype)
+        weights.scatter_(-1, below, 1.0 - weight_above)
+        weights.scatter_add_(-1, below + 1, weight_above)
         return weights
 
     def log_prob(self, logits: Tensor, y: Tensor) -> Tensor:
         """(..., K) logits, (...) targets -> (...) log-likelihood (the negative loss)."""
-        logits = full_precision(logits)  # (losses in float32 under bfloat16 autocast)
-        return (self.encode(y.to(logits.dtype)) * F.log_softmax(logits, dim=-1)).sum(-1)
+        return self.log_prob_normalized(F.log_softmax(full_precision(logits), dim=-1), y)
+
+    def log_prob_normalized(self, log_probs: Tensor, y: Tensor) -> Tensor:
+        """:meth:`log_prob` from (..., K) ``log_softmax(logits)`` (share it between several targets).
+
+        Equals ``(encode(y) * log_probs).sum(-1)``, reading only the two bins around each target.
+        """
+        below, weight_above = self._neighbours(y.to(log_probs.dtype))
+        pair = log_probs.gather(-1, torch.cat([below, below + 1], dim=-1))  # (..., 2)
+        return torch.lerp(pair[..., 0], pair[..., 1], weight_above.squeeze(-1))
 
     def mean(self, logits: Tensor) -> Tensor:
         """(..., K) logits -> (...) predicted value."""
         logits = full_precision(logits)
-        return symexp((F.softmax(logits, dim=-1) * self.bins(logits)).sum(-1))
+        return symexp(F.softmax(logits, dim=-1) @ self.bins(logits))
 
 
 def unimix_probs(logits: Tensor, unimix: float) -> Tensor:

@@ -28,6 +28,7 @@ from sb3_mamba import checkpoints
 from sb3_mamba.behavior import ImaginationStarts
 from sb3_mamba.buffers import MetaEpisodeBuffer
 from sb3_mamba.checkpoints import CheckpointError
+from sb3_mamba.cpu import tune_allocator
 from sb3_mamba.policies import RSSMPolicy
 from sb3_mamba.presets import resolve_preset
 from sb3_mamba.schedules import WorldModelHorizonSchedule
@@ -91,7 +92,8 @@ class MAMBA(BaseAlgorithm):
         bfloat16 (norms, distributions and losses stay float32; parameters and optimisers float32),
         as DreamerV3 computes. Pays on GPUs and on CPUs with AVX512-BF16/AMX (see benchmarks/).
     :param policy_kwargs: further :class:`RSSMPolicy` arguments (layers, encoder sizes, unimix, eps).
-    :param tensorboard_log, verbose, seed, device: as in SB3.
+    :param tensorboard_log, verbose, seed, device: as in SB3. On CPU, the process keeps freed memory in
+        its heap for the update's large temporaries (:mod:`sb3_mamba.cpu`; ``SB3_MAMBA_TUNE_MALLOC=0`` opts out).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -294,6 +296,8 @@ class MAMBA(BaseAlgorithm):
             **self.policy_kwargs,
         }
         self.policy = self.policy_class(self.observation_space, self.action_space, **policy_kwargs).to(self.device)
+        if self.device.type == "cpu":
+            tune_allocator()  # keep the update's large temporaries in the heap (see sb3_mamba.cpu)
         self.replay_buffer = MetaEpisodeBuffer(
             self.buffer_size, self.observation_space, self.action_space, n_envs=self.n_envs
         )

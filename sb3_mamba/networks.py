@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import full_precision
@@ -42,6 +45,19 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_
     return nn.Sequential(*blocks)
 
 
+def mlp_outputs(x: Tensor, mlps: Sequence[nn.Sequential]) -> list[Tensor]:
+    """Several :func:`mlp` networks on the same input ``x``, their first layers as one matmul.
+
+    Imagination evaluates up to three heads on the same 8192 x 768 features; one
+    GEMM of width 3 x 128 runs ~30% faster than three of width 128.
+    """
+    firsts = [m[0] for m in mlps]
+    if len(mlps) == 1 or any(not isinstance(f, nn.Linear) or f.bias is not None for f in firsts):
+        return [m(x) for m in mlps]
+    hidden = F.linear(x, torch.cat([f.weight for f in firsts])).split([f.out_features for f in firsts], dim=-1)
+    return [m[1:](h) for m, h in zip(mlps, hidden)]
+
+
 class LayerNormGRUCell(nn.Module):
     """DreamerV3's GRU cell: one fused Linear + LayerNorm for the three gates, update bias -1."""
 
@@ -63,10 +79,16 @@ class LayerNormGRUCell(nn.Module):
         # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim); hidden_proj = project_hidden(h) if known
         if hidden_proj is None:
             gates = self.linear(torch.cat([x, h], dim=-1))
+        elif x.dim() == 2:  # one pass: hidden_proj + x @ W_x.T
+            gates = torch.addmm(hidden_proj, x, self.linear.weight[:, : -self.hidden_dim].t())
         else:
-            gates = nn.functional.linear(x, self.linear.weight[:, : -self.hidden_dim]) + hidden_proj
+            gates = F.linear(x, self.linear.weight[:, : -self.hidden_dim]) + hidden_proj
         reset, candidate, update = self.norm(gates).split(self.hidden_dim, dim=-1)
-        reset = torch.sigmoid(reset)
-        candidate = torch.tanh(reset * candidate)
-        update = torch.sigmoid(update - 1.0)  # biased towards keeping the state
+        if torch.is_grad_enabled():
+            reset = torch.sigmoid(reset)
+            candidate = torch.tanh(reset * candidate)
+            update = torch.sigmoid(update - 1.0)  # biased towards keeping the state
+        else:  # same gates in place (imagination without gradients: no 8192 x 512 temporaries)
+            candidate.mul_(reset.sigmoid_()).tanh_()
+            update.sub_(1.0).sigmoid_()
         return torch.lerp(h, candidate, update)  # = update * candidate + (1 - update) * h, one kernel

@@ -19,7 +19,7 @@ alone). This module runs the same computation as
 ``tests/test_rssm_scan.py`` checks values and gradients against the autograd
 step loop (:meth:`RSSM.observe_steps`). Shapes: ``T`` time, ``B`` batch, ``D``
 deter, ``S x C`` latents (``SC = S * C``), ``A`` action, ``E`` hidden width.
-Under autocast the matmuls run in the autocast dtype, everything else in float32.
+Under autocast the GRU's matmuls run in the autocast dtype, everything else in float32.
 """
 
 from __future__ import annotations
@@ -50,11 +50,12 @@ class _Matmul:
     def weight(self, w: Tensor) -> Tensor:
         return w.detach().to(self.dtype)
 
-    def __call__(self, x: Tensor, w: Tensor, add: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, w: Tensor, add: Tensor | None = None, out: Tensor | None = None) -> Tensor:
         if self.dtype == torch.float32:
-            return torch.mm(x, w.t()) if add is None else torch.addmm(add, x, w.t())
-        out = torch.mm(x.to(self.dtype), w.t()).float()
-        return out if add is None else out + add
+            return torch.mm(x, w.t(), out=out) if add is None else torch.addmm(add, x, w.t(), out=out)
+        result = torch.mm(x.to(self.dtype), w.t()).float()
+        result = result if add is None else result + add
+        return result if out is None else out.copy_(result)
 
     def backward(self, grad: Tensor, w: Tensor) -> Tensor:
         """``grad @ w`` (the input gradient of ``x @ w.T``)."""
@@ -63,35 +64,41 @@ class _Matmul:
         return torch.mm(grad.to(self.dtype), w).float()
 
     def packed(self, w: Tensor, rows: int) -> Callable[[Tensor], Tensor]:
-        """``x -> x @ w.T`` for a weight used at every step with ``rows`` rows.
+        """``x -> x @ w.T`` (float32 result) for a weight used at every step with ``rows`` rows.
 
-        On CPU in float32 the weight is reordered once into oneDNN's blocked layout:
-        a 16-row GEMM with the GRU's 1536 x 576 weight then takes 160 instead of
-        290 us (MKL re-packs the weight at every call). Elsewhere, a plain matmul.
+        On CPU the weight is reordered once into oneDNN's blocked layout: a 16-row
+        GEMM with the GRU's 1536 x 576 weight then takes 160 instead of 290 us in
+        float32, 86 instead of 134 us in bfloat16 (MKL re-packs the weight at every
+        call). Elsewhere, a plain matmul.
         """
-        if w.device.type == "cpu" and self.dtype == torch.float32 and _onednn_linear_works():
-            w_packed = aten_mkldnn._reorder_linear_weight(w, rows)
-            return lambda x: aten_mkldnn._linear_pointwise(x, w_packed, None, "none", [], "")
+        if w.device.type == "cpu" and _onednn_linear_works(self.dtype):
+            w_packed = aten_mkldnn._reorder_linear_weight(w.to(self.dtype), rows)
+            if self.dtype == torch.float32:
+                return lambda x: aten_mkldnn._linear_pointwise(x, w_packed, None, "none", [], "")
+            return lambda x: aten_mkldnn._linear_pointwise(x.to(self.dtype), w_packed, None, "none", [], "").float()
         return lambda x: self(x, w)
+
+    def weight_grad(self, d_out: Tensor, inputs: Tensor) -> Tensor:
+        """(..., O) output gradients, (..., I) inputs -> (O, I) weight gradient summed over all rows."""
+        d_out, inputs = d_out.reshape(-1, d_out.shape[-1]), inputs.reshape(-1, inputs.shape[-1])
+        if self.dtype == torch.float32:
+            return d_out.t() @ inputs
+        return (d_out.to(self.dtype).t() @ inputs.to(self.dtype)).float()
 
 
 @functools.cache
-def _onednn_linear_works() -> bool:
+def _onednn_linear_works(dtype: torch.dtype = torch.float32) -> bool:
     """Whether this torch build has oneDNN's prepacked linear (a private op inductor uses) and it is right."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
         # fixed values: a check that drew from torch's RNG would shift every later sample
         w, x = torch.linspace(-1.0, 1.0, 192).reshape(24, 8).cos(), torch.linspace(-2.0, 2.0, 32).reshape(4, 8)
+        w, x = w.to(dtype), x.to(dtype)
         out = aten_mkldnn._linear_pointwise(x, aten_mkldnn._reorder_linear_weight(w, 4), None, "none", [], "")
-        return bool(torch.allclose(out, x @ w.t(), rtol=1e-4, atol=1e-5))
+        return bool(torch.allclose(out.float(), (x @ w.t()).float(), rtol=1e-2, atol=1e-2))
     except (AttributeError, RuntimeError):
         return False
-
-
-def _unrolled(rows: Tensor) -> Tensor:
-    """(T, B, ...) -> (T * B, ...) for the weight gradients over all steps."""
-    return rows.reshape(-1, rows.shape[-1])
 
 
 class PosteriorScan(torch.autograd.Function):
@@ -120,78 +127,92 @@ class PosteriorScan(torch.autograd.Function):
     @staticmethod
     def _forward(ctx: Any, rssm: Any, sample: bool, compute_dtype: torch.dtype, embed_proj: Tensor, action: Tensor,
                  keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
-        T, B, _ = embed_proj.shape
+        T, B, E = embed_proj.shape
         D, S, C, unimix = rssm.deter_dim, rssm.stoch_dim, rssm.classes, rssm.unimix
-        mm = _Matmul(compute_dtype)
+        SC = S * C
+        # The GRU's (B, E + D) x (E + D, 3D) matmuls run in the compute dtype; the small layers in
+        # float32 (at 16 rows bfloat16 is slower on CPU, and they are a small part of the FLOPs).
+        mm, gru_mm = _Matmul(torch.float32), _Matmul(compute_dtype)
         w_in, g_in, b_in, w_gru, g_gru, b_gru, w_post_deter, g_post, b_post, w_post_out, b_post_out = weights
-        w_in, w_gru, w_post_deter, w_post_out = (mm.weight(w) for w in (w_in, w_gru, w_post_deter, w_post_out))
+        w_in, w_post_deter, w_post_out = (w.detach() for w in (w_in, w_post_deter, w_post_out))
+        w_gru = gru_mm.weight(w_gru)
+        gru_linear = gru_mm.packed(w_gru, B)
         eps_in, eps_gru, eps_post = rssm.img_in[1].eps, rssm.gru.norm.eps, rssm.post_net[0].eps
         restarts = (~keep).any(1).tolist()  # one host sync: which steps restart some rows
         actions = (action * keep.unsqueeze(-1)).unbind(0)  # the action is zero where the state restarts
         embeds = embed_proj.unbind(0)
-        gru_linear = mm.packed(w_gru, B)
-        init_deter, init_stoch = initial_deter.expand(B, D), initial_stoch.expand(B, S * C)
-        # per step: the tensors the backward reads (lists: no copies inside the loop)
+        # Time-major buffers the layers write into (``out=``): the outputs, and the inputs of the
+        # weight gradients, which the backward then takes as one (T * B, ...) matrix each.
+        new = embed_proj.new_empty
+        z_action, x_h, deter, post_y, logits, stoch = (new(T, B, width) for width in (SC + action.shape[-1], E + D,
+                                                                                      D, E, SC, SC))
+        # the rest per step in lists (no copies)
         saved: dict[str, list[Tensor]] = {k: [] for k in _SAVED}
+        init_deter, init_stoch = initial_deter.expand(B, D), initial_stoch.expand(B, SC)
         h, z = init_deter, init_stoch
-        for t in range(T):
+        for t, (z_action_t, x_h_t, h_t, post_y_t, logits_t, z_t) in enumerate(zip(
+                *(buffer.unbind(0) for buffer in (z_action, x_h, deter, post_y, logits, stoch)))):
             if t > 0 and restarts[t]:
                 row_keep = keep[t].unsqueeze(-1)
                 h, z = torch.where(row_keep, h, init_deter), torch.where(row_keep, z, init_stoch)
             # img_in: Linear -> LayerNorm -> SiLU
-            z_action = torch.cat([z, actions[t]], dim=-1)
-            in_pre = mm(z_action, w_in)
+            torch.cat([z, actions[t]], dim=-1, out=z_action_t)
+            in_pre = mm(z_action_t, w_in)
             in_normed, in_mean, in_rstd = _layer_norm(in_pre, g_in, b_in, eps_in)
             # GRU: one Linear for the three gates, LayerNorm, DreamerV3's gate functions
-            x_h = torch.cat([F.silu(in_normed), h], dim=-1)
-            gru_pre = gru_linear(x_h)
+            torch.cat([F.silu(in_normed), h], dim=-1, out=x_h_t)
+            gru_pre = gru_linear(x_h_t)
             gates, gru_mean, gru_rstd = _layer_norm(gru_pre, g_gru, b_gru, eps_gru)
             reset_in, candidate_in, update_in = gates.split(D, dim=-1)
             reset = torch.sigmoid(reset_in)
             candidate = torch.tanh(reset * candidate_in)
             update = torch.sigmoid(update_in - 1.0)
-            h_prev, h = h, torch.lerp(h, candidate, update)
+            h = torch.lerp(h, candidate, update, out=h_t)
             # posterior: Linear(deter) + Linear(embed) (precomputed) -> LayerNorm -> SiLU -> Linear
             post_pre = mm(h, w_post_deter, add=embeds[t])
             post_normed, post_mean, post_rstd = _layer_norm(post_pre, g_post, b_post, eps_post)
-            post_y = F.silu(post_normed)
-            logits = mm(post_y, w_post_out, add=b_post_out)
-            softmax = torch.softmax(logits.view(B, S, C), dim=-1)
+            aten.silu.out(post_normed, out=post_y_t)
+            mm(post_y_t, w_post_out, add=b_post_out, out=logits_t)
+            softmax = torch.softmax(logits_t.view(B, S, C), dim=-1)
             probs = softmax * (1.0 - unimix) + unimix / C if unimix > 0 else softmax
-            if sample:
-                z = distributions.sample_one_hot(probs).view(B, S * C)
-            else:
-                z = distributions.one_hot_mode(probs).view(B, S * C)
-            for key, value in zip(_SAVED, (z_action, in_pre, in_normed, in_mean, in_rstd, x_h, gru_pre, gru_mean,
-                                           gru_rstd, reset, candidate_in, candidate, update, h_prev, h, post_pre,
-                                           post_normed, post_mean, post_rstd, post_y, softmax, z, logits)):
+            sampler = distributions.sample_one_hot if sample else distributions.one_hot_mode
+            z = z_t.copy_(sampler(probs).view(B, SC))
+            for key, value in zip(_SAVED, (in_pre, in_normed, in_mean, in_rstd, gru_pre, gru_mean, gru_rstd, reset,
+                                           candidate_in, candidate, update, post_pre, post_normed, post_mean,
+                                           post_rstd, softmax)):
                 saved[key].append(value)
 
-        ctx.rssm, ctx.mm, ctx.restarts, ctx.sample = rssm, mm, restarts, sample
+        ctx.rssm, ctx.mm, ctx.gru_mm, ctx.restarts, ctx.sample, ctx.saved = rssm, mm, gru_mm, restarts, sample, saved
         ctx.weights = (w_in, w_gru, w_post_deter, w_post_out)
-        ctx.saved = saved
-        ctx.save_for_backward(keep, *weights)
-        stack = lambda key: torch.stack(saved[key])  # noqa: E731
-        return stack("deter"), stack("stoch").view(T, B, S, C), stack("logits").view(T, B, S, C)
+        ctx.save_for_backward(keep, z_action, x_h, deter, post_y, *weights)
+        return deter, stoch.view(T, B, S, C), logits.view(T, B, S, C)
 
     @staticmethod
     def _backward(ctx: Any, grad_deter: Tensor, grad_stoch: Tensor, grad_logits: Tensor) -> tuple[Tensor | None, ...]:
-        keep, *weights = ctx.saved_tensors
-        saved, rssm, mm, restarts = ctx.saved, ctx.rssm, ctx.mm, ctx.restarts
+        keep, z_action, x_h, deter, post_y, *weights = ctx.saved_tensors
+        saved, rssm, mm, gru_mm, restarts = ctx.saved, ctx.rssm, ctx.mm, ctx.gru_mm, ctx.restarts
         w_in, w_gru, w_post_deter, w_post_out = ctx.weights
         _, g_in, b_in, _, g_gru, b_gru, _, g_post, b_post, _, _ = weights
-        T, B, D = grad_deter.shape
+        T, B, D = deter.shape
         S, C = rssm.stoch_dim, rssm.classes
         SC, E = S * C, g_in.shape[0]
         grad_deter, grad_stoch, grad_logits = (g.unbind(0) for g in
                                                (grad_deter, grad_stoch.reshape(T, B, SC), grad_logits.reshape(T, B, SC)))
-        mask = [True, False, False]  # LayerNorm weight/bias gradients come batched after the loop
-        gru_linear_backward = mm.packed(w_gru.t().contiguous(), B)
+        gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B)
         scale = 1.0 - rssm.unimix if ctx.sample else 0.0  # the mode (sample=False) passes no gradient
+        # time-major buffers for the gradients w.r.t. the pre-activations (and the norms' affine
+        # parameters per step): the weight gradients are then one matmul / sum each after the loop
+        new = deter.new_empty
+        d_logits, d_post_pre, d_gru_pre, d_in_pre = new(T, B, SC), new(T, B, E), new(T, B, 3 * D), new(T, B, E)
+        d_norm = {name: (new(T, width), new(T, width)) for name, width in (("post", E), ("gru", 3 * D), ("in", E))}
 
-        # per step, the gradients w.r.t. pre-activations the batched weight gradients need
-        grads: dict[str, list[Tensor]] = {k: [None] * T for k in ("logits", "post_pre", "post_normed", "gru_pre",
-                                                                 "gates", "in_pre", "in_normed")}
+        def layer_norm_backward(name: str, t: int, d_normed: Tensor, pre: Tensor, mean: Tensor, rstd: Tensor,
+                                weight: Tensor, bias: Tensor, out: Tensor) -> Tensor:
+            d_weight, d_bias = d_norm[name]
+            aten.native_layer_norm_backward.out(d_normed, pre, [pre.shape[-1]], mean, rstd, weight, bias,
+                                                [True, True, True], out0=out, out1=d_weight[t], out2=d_bias[t])
+            return out
+
         d_initial_deter = torch.zeros_like(g_gru[:D])
         d_h_next, d_z_next = torch.zeros_like(grad_deter[0]), torch.zeros_like(grad_stoch[0])
         for t in reversed(range(T)):
@@ -200,33 +221,30 @@ class PosteriorScan(torch.autograd.Function):
             d_probs = ((grad_stoch[t] + d_z_next) * scale).view(B, S, C)
             soft = saved["softmax"][t]
             d_soft = soft * (d_probs - (d_probs * soft).sum(-1, keepdim=True))
-            d_logits = grads["logits"][t] = grad_logits[t] + d_soft.view(B, SC)
+            d_logits_t = torch.add(grad_logits[t], d_soft.view(B, SC), out=d_logits[t])
             # posterior layers back to deter_t
-            d_normed = grads["post_normed"][t] = aten.silu_backward(mm.backward(d_logits, w_post_out),
-                                                                    saved["post_normed"][t])
-            d_pre = grads["post_pre"][t] = aten.native_layer_norm_backward(
-                d_normed, saved["post_pre"][t], [E], saved["post_mean"][t], saved["post_rstd"][t], g_post, b_post,
-                mask)[0]
+            d_normed = aten.silu_backward(mm.backward(d_logits_t, w_post_out), saved["post_normed"][t])
+            d_pre = layer_norm_backward("post", t, d_normed, saved["post_pre"][t], saved["post_mean"][t],
+                                        saved["post_rstd"][t], g_post, b_post, d_post_pre[t])
             d_h = d_h + mm.backward(d_pre, w_post_deter)
             # GRU cell: deter_t = h_prev + u * (c - h_prev)
             update, candidate, reset = saved["update"][t], saved["candidate"][t], saved["reset"][t]
             d_candidate = d_h * update
             d_h_prev = d_h - d_candidate
             d_tanh = aten.tanh_backward(d_candidate, candidate)
-            d_gates = grads["gates"][t] = torch.cat([
+            d_gates = torch.cat([
                 aten.sigmoid_backward(d_tanh * saved["candidate_in"][t], reset),
                 d_tanh * reset,
-                aten.sigmoid_backward(d_h * (candidate - saved["h_prev"][t]), update),
+                aten.sigmoid_backward(d_h * (candidate - x_h[t, :, E:]), update),
             ], dim=-1)
-            d_pre = grads["gru_pre"][t] = aten.native_layer_norm_backward(
-                d_gates, saved["gru_pre"][t], [3 * D], saved["gru_mean"][t], saved["gru_rstd"][t], g_gru, b_gru,
-                mask)[0]
+            d_pre = layer_norm_backward("gru", t, d_gates, saved["gru_pre"][t], saved["gru_mean"][t],
+                                        saved["gru_rstd"][t], g_gru, b_gru, d_gru_pre[t])
             d_x_h = gru_linear_backward(d_pre)  # (B, E + D)
             d_h_prev = d_h_prev + d_x_h[:, E:]
             # img_in back to stoch_{t-1}
-            d_normed = grads["in_normed"][t] = aten.silu_backward(d_x_h[:, :E], saved["in_normed"][t])
-            d_pre = grads["in_pre"][t] = aten.native_layer_norm_backward(
-                d_normed, saved["in_pre"][t], [E], saved["in_mean"][t], saved["in_rstd"][t], g_in, b_in, mask)[0]
+            d_normed = aten.silu_backward(d_x_h[:, :E], saved["in_normed"][t])
+            d_pre = layer_norm_backward("in", t, d_normed, saved["in_pre"][t], saved["in_mean"][t],
+                                        saved["in_rstd"][t], g_in, b_in, d_in_pre[t])
             d_z_prev = mm.backward(d_pre, w_in[:, :SC])
             # restarts: those rows' previous state is the initial state
             if t == 0:
@@ -240,35 +258,20 @@ class PosteriorScan(torch.autograd.Function):
                 d_h_next, d_z_next = d_h_prev, d_z_prev
 
         # every weight gradient at once, over the T x B rows
-        rows = lambda items: torch.cat(items)  # noqa: E731  (T * B, ...)
-
-        def weight_grad(d_out: str, inputs: str) -> Tensor:
-            return rows(grads[d_out]).t() @ rows(saved[inputs])
-
-        def norm_grads(d_normed: str, prefix: str) -> tuple[Tensor, Tensor]:
-            d_normed_rows = rows(grads[d_normed])
-            x_hat = (rows(saved[f"{prefix}_pre"]) - rows(saved[f"{prefix}_mean"])) * rows(saved[f"{prefix}_rstd"])
-            return (d_normed_rows * x_hat).sum(0), d_normed_rows.sum(0)
-
         needs = ctx.needs_input_grad[8:]
+        norm_grads = {name: (d_weight.sum(0), d_bias.sum(0)) for name, (d_weight, d_bias) in d_norm.items()}
         weight_grads = [
-            weight_grad("in_pre", "z_action") if needs[0] else None,  # img_in Linear
-            *norm_grads("in_normed", "in"),  # img_in LayerNorm
-            weight_grad("gru_pre", "x_h") if needs[3] else None,  # GRU Linear
-            *norm_grads("gates", "gru"),  # GRU LayerNorm
-            weight_grad("post_pre", "deter") if needs[6] else None,  # post_deter
-            *norm_grads("post_normed", "post"),  # posterior LayerNorm
-            weight_grad("logits", "post_y") if needs[9] else None,  # posterior output Linear
-            rows(grads["logits"]).sum(0),
+            mm.weight_grad(d_in_pre, z_action) if needs[0] else None, *norm_grads["in"],  # img_in
+            gru_mm.weight_grad(d_gru_pre, x_h) if needs[3] else None, *norm_grads["gru"],  # GRU
+            mm.weight_grad(d_post_pre, deter) if needs[6] else None, *norm_grads["post"],  # posterior
+            mm.weight_grad(d_logits, post_y) if needs[9] else None, d_logits.sum((0, 1)),
         ]
-        d_embed_proj = torch.stack(grads["post_pre"])
-        return (None, None, None, d_embed_proj, None, None, d_initial_deter, None, *weight_grads)
+        return (None, None, None, d_post_pre, None, None, d_initial_deter, None, *weight_grads)
 
 
-#: what the forward keeps per step for the backward (``deter`` is the new state h_t)
-_SAVED = ("z_action", "in_pre", "in_normed", "in_mean", "in_rstd", "x_h", "gru_pre", "gru_mean", "gru_rstd", "reset",
-          "candidate_in", "candidate", "update", "h_prev", "deter", "post_pre", "post_normed", "post_mean",
-          "post_rstd", "post_y", "softmax", "stoch", "logits")
+#: what the forward keeps per step in lists for the backward
+_SAVED = ("in_pre", "in_normed", "in_mean", "in_rstd", "gru_pre", "gru_mean", "gru_rstd", "reset", "candidate_in",
+          "candidate", "update", "post_pre", "post_normed", "post_mean", "post_rstd", "softmax")
 
 
 def scan_weights(rssm: Any) -> tuple[Tensor, ...]:
