@@ -8,7 +8,10 @@ implementation (dreamerv3-torch) writes it, on the same modules and parameters:
   ``cat([deter, embed])``;
 * categorical samples with ``torch.multinomial``;
 * imagination from the 8192 gathered start states (no sharing of per-state work),
-  the actor re-run for its loss, the critic run twice (targets, loss).
+  the actor re-run for its loss, the critic run twice (targets, loss), each head
+  on its own;
+* the GRU cell on ``cat([x, h])`` with ``u * c + (1 - u) * h``, two-hot losses as
+  dense ``(encode(y) * log_softmax).sum(-1)`` and means as ``(softmax * bins).sum(-1)``.
 
 ``sb3_mamba`` itself only has the optimised path; ``tests/test_equivalence.py``
 checks that both give the same losses and gradients on the same inputs.
@@ -28,6 +31,8 @@ import sb3_mamba.distributions as distributions
 import sb3_mamba.mamba as mamba
 import sb3_mamba.rssm as rssm_module
 from sb3_mamba.behavior import ActorCritic, ImaginationStarts, frozen, lambda_returns
+from sb3_mamba.distributions import TwoHot
+from sb3_mamba.networks import LayerNormGRUCell
 from sb3_mamba.rssm import RSSM, State
 
 
@@ -57,6 +62,25 @@ def plain_observe(self: RSSM, embed: Tensor, action: Tensor, is_first: Tensor, s
     post = {k: torch.stack([s[k] for s in posts], dim=1) for k in posts[0]}
     prior = {k: torch.stack([s[k] for s in priors], dim=1) for k in ("deter", "logits")}
     return post, prior
+
+
+def plain_gru(self: LayerNormGRUCell, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None) -> Tensor:
+    gates = self.linear(torch.cat([x, h], dim=-1))
+    reset, candidate, update = self.norm(gates).split(self.hidden_dim, dim=-1)
+    reset = torch.sigmoid(reset)
+    candidate = torch.tanh(reset * candidate)
+    update = torch.sigmoid(update - 1.0)
+    return update * candidate + (1.0 - update) * h
+
+
+def plain_two_hot_log_prob(self: TwoHot, logits: Tensor, y: Tensor) -> Tensor:
+    logits = distributions.full_precision(logits)
+    return (self.encode(y.to(logits.dtype)) * F.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def plain_two_hot_mean(self: TwoHot, logits: Tensor) -> Tensor:
+    logits = distributions.full_precision(logits)
+    return distributions.symexp((F.softmax(logits, dim=-1) * self.bins(logits)).sum(-1))
 
 
 def plain_starts(post: dict[str, Tensor], mask: Tensor, num: int | None) -> ImaginationStarts:
@@ -117,4 +141,7 @@ def plain_update(sampler=multinomial_one_hot) -> Iterator[None]:
         stack.enter_context(mock.patch.object(mamba, "_imagination_starts", plain_starts))
         stack.enter_context(mock.patch.object(rssm_module, "sample_one_hot", sampler))
         stack.enter_context(mock.patch.object(distributions, "sample_one_hot", sampler))
+        stack.enter_context(mock.patch.object(LayerNormGRUCell, "forward", plain_gru))
+        stack.enter_context(mock.patch.object(TwoHot, "log_prob", plain_two_hot_log_prob))
+        stack.enter_context(mock.patch.object(TwoHot, "mean", plain_two_hot_mean))
         yield

@@ -105,28 +105,47 @@ def time_forward_parts(model: MAMBA, repeats: int) -> tuple[float, float]:
     return float(np.median(unroll)), float(np.median(imagine))
 
 
-def time_updates(model: MAMBA, mode: str, prefix: int | None, updates: int, warmup: int) -> dict[str, float]:
+def time_updates(model: MAMBA, modes: tuple[str, ...], prefix: int | None, updates: int,
+                 warmup: int) -> dict[str, dict[str, float]]:
+    """Seconds per update of each mode at H' = ``prefix``, the modes interleaved in rounds.
+
+    A shared machine's speed drifts over minutes; running plain / optimised / bfloat16
+    in turns (3 rounds) keeps the ratios between them fair.
+    """
     if prefix is not None:  # pin H'
         model.wm_horizon_schedule = WorldModelHorizonSchedule(prefix, prefix, 1)
-    with mode_context(model, mode):
-        model.train(warmup)
-        model.profile_updates = True
-        model.update_timings = {"world_model": [], "actor_critic": []}
-        sync(model)
-        tic = time.perf_counter()
-        model.train(updates)
-        sync(model)
-        wall = (time.perf_counter() - tic) / updates
-        model.profile_updates = False
+    for mode in modes:
+        with mode_context(model, mode):
+            model.train(warmup)
+    rounds = min(3, updates)
+    timings = {mode: {"world_model": [], "actor_critic": [], "wall": []} for mode in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            with mode_context(model, mode):
+                model.profile_updates = True
+                model.update_timings = {"world_model": [], "actor_critic": []}
+                sync(model)
+                tic = time.perf_counter()
+                model.train(max(1, updates // rounds))
+                sync(model)
+                timings[mode]["wall"].append((time.perf_counter() - tic) / max(1, updates // rounds))
+                model.profile_updates = False
+                for key in ("world_model", "actor_critic"):
+                    timings[mode][key] += model.update_timings[key]
+    results = {}
+    for mode, times in timings.items():
         # medians of the per-update times: robust to a noisy neighbour on a shared machine
-        per_update = np.add(model.update_timings["world_model"], model.update_timings["actor_critic"])
-        result = {"s_per_update": float(np.median(per_update)), "mean_wall_s_per_update": wall, "world_model_s": float(np.median(model.update_timings["world_model"])),
-                  "actor_critic_s": float(np.median(model.update_timings["actor_critic"]))}
+        per_update = np.add(times["world_model"], times["actor_critic"])
+        result = {"s_per_update": float(np.median(per_update)), "mean_wall_s_per_update": float(np.mean(times["wall"])),
+                  "world_model_s": float(np.median(times["world_model"])),
+                  "actor_critic_s": float(np.median(times["actor_critic"]))}
         if mode != "plain":  # (the plain formulation imagines inside its loss: no separate split)
-            unroll, imagine = time_forward_parts(model, max(2, updates // 2))
+            with mode_context(model, mode):
+                unroll, imagine = time_forward_parts(model, max(2, updates // 2))
             result.update(rssm_unroll_s=unroll, wm_rest_s=result["world_model_s"] - unroll, imagination_s=imagine,
                           ac_rest_s=result["actor_critic_s"] - imagine)
-    return result
+        results[mode] = result
+    return results
 
 
 def peak_rss_mb() -> float:
@@ -148,9 +167,9 @@ def update_cases(quick: bool) -> list[dict[str, Any]]:
         # pixels: CNN encoder over every step of the prefix, transposed-CNN decoder at the L_wm indices
         # (imagination horizon 10 there, the paper's default)
         {"name": "Reacher-pixels MAMBA", "env": "MetaReacherPixels-v0", "preset": "mamba", "sizes": "PAPER",
-         "prefixes": [50], "imag_horizon": 10},
+         "prefixes": [50], "imag_horizon": 10, "updates": 3},
         {"name": "Panda MAMBA", "env": "MetaPandaReacher-v0", "preset": "mamba", "sizes": "PAPER", "prefixes": [150],
-         "imag_horizon": 10},
+         "imag_horizon": 10, "updates": 3},
     ]
 
 
@@ -160,9 +179,9 @@ def run_update_case(case: dict[str, Any], device: str, updates: int, quick: bool
                   imag_horizon=case.get("imag_horizon", 2))
     rows = []
     for prefix in case["prefixes"]:
-        for mode in MODES:
-            rss_before = peak_rss_mb()
-            result = time_updates(model, mode, prefix, updates, warmup=1 if quick else 2)
+        rss_before = peak_rss_mb()
+        results = time_updates(model, MODES, prefix, case.get("updates", updates), warmup=1 if quick else 2)
+        for mode, result in results.items():
             rows.append({"case": case["name"], "H": model.meta_episode_length,
                          "H_prime": prefix or model.batch_length, "mode": mode, **result,
                          "peak_rss_mb": peak_rss_mb(), "update_rss_increase_mb": peak_rss_mb() - rss_before})
@@ -190,7 +209,7 @@ def section_scaling(args) -> dict[str, Any]:
                   n_envs=2, quick=args.quick)
     rows = []
     for prefix in prefixes:
-        result = time_updates(model, "optimised", prefix, max(2, args.updates // 2), warmup=1)
+        result = time_updates(model, ("optimised",), prefix, max(2, args.updates // 2), warmup=1)["optimised"]
         rows.append({"H_prime": prefix, **result})
     model.env.close()
     h = np.array(prefixes, dtype=float)
