@@ -12,10 +12,12 @@ posterior states of a prefix, so at H' = 200 the 8192 starts hold only ~3200
 distinct states. Everything that depends on the start state alone (actor and
 critic outputs at step 0, the state's half of the first GRU gate layer, about
 a third of the imagination FLOPs) is computed once per distinct state and
-indexed. The actor's outputs from the rollout are reused by its loss, and on
-discrete actions one critic pass serves both the value targets and the critic
-loss. ``benchmarks/plain_update.py`` keeps the plain formulation;
-``tests/test_equivalence.py`` checks both agree.
+indexed. The actor's outputs from the rollout are reused by its loss. On
+discrete actions nothing differentiates through the rollout, so the heads that
+need no gradient (reward, continuation, slow critic, the last step's critic)
+share one first-layer matmul per step, and the critic's gradient pass covers
+only the steps of its loss. ``benchmarks/plain_update.py`` keeps the plain
+formulation; ``tests/test_equivalence.py`` checks both agree.
 """
 
 from __future__ import annotations
