@@ -29,7 +29,6 @@ from torch import Tensor
 
 import sb3_mamba.distributions as distributions
 import sb3_mamba.mamba as mamba
-import sb3_mamba.rssm as rssm_module
 from sb3_mamba.behavior import ActorCritic, ImaginationStarts, frozen, lambda_returns
 from sb3_mamba.distributions import TwoHot
 from sb3_mamba.networks import LayerNormGRUCell
@@ -37,10 +36,9 @@ from sb3_mamba.rssm import RSSM, State
 
 
 def multinomial_one_hot(probs: Tensor) -> Tensor:
-    """(..., C) probs -> one-hot sample with straight-through gradients (torch.multinomial)."""
+    """(..., C) probs -> one-hot sample drawn with ``torch.multinomial`` (no gradient)."""
     index = torch.multinomial(probs.detach().reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
-    one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
-    return one_hot + probs - probs.detach()
+    return F.one_hot(index, probs.shape[-1]).to(probs.dtype)
 
 
 def plain_observe(self: RSSM, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
@@ -139,8 +137,7 @@ def plain_update(sampler=multinomial_one_hot) -> Iterator[None]:
         stack.enter_context(mock.patch.object(RSSM, "observe", plain_observe))
         stack.enter_context(mock.patch.object(ActorCritic, "losses", plain_losses))
         stack.enter_context(mock.patch.object(mamba, "_imagination_starts", plain_starts))
-        stack.enter_context(mock.patch.object(rssm_module, "sample_one_hot", sampler))
-        stack.enter_context(mock.patch.object(distributions, "sample_one_hot", sampler))
+        stack.enter_context(mock.patch.object(distributions, "one_hot_sample", sampler))
         stack.enter_context(mock.patch.object(LayerNormGRUCell, "forward", plain_gru))
         stack.enter_context(mock.patch.object(TwoHot, "log_prob", plain_two_hot_log_prob))
         stack.enter_context(mock.patch.object(TwoHot, "mean", plain_two_hot_mean))

@@ -93,12 +93,17 @@ def unimix_probs(logits: Tensor, unimix: float) -> Tensor:
     return probs
 
 
-def sample_one_hot(probs: Tensor) -> Tensor:
-    """(..., C) probs -> (..., C) one-hot sample with straight-through gradients to ``probs``."""
+def one_hot_sample(probs: Tensor) -> Tensor:
+    """(..., C) probs -> (..., C) one-hot sample (no gradient)."""
     # inverse-CDF sampling: one uniform per categorical (torch.multinomial is ~10x slower on CPU)
     uniform = torch.rand(*probs.shape[:-1], 1, device=probs.device, dtype=probs.dtype)
-    index = (probs.detach().cumsum(-1) < uniform).sum(-1, keepdim=True).clamp_max(probs.shape[-1] - 1)
-    return _one_hot(index, probs) + probs - probs.detach()
+    index = torch.searchsorted(probs.detach().cumsum(-1), uniform).clamp_max(probs.shape[-1] - 1)
+    return _one_hot(index, probs)
+
+
+def sample_one_hot(probs: Tensor) -> Tensor:
+    """(..., C) probs -> (..., C) one-hot sample with straight-through gradients to ``probs``."""
+    return one_hot_sample(probs) + probs - probs.detach()
 
 
 def one_hot_mode(probs: Tensor) -> Tensor:
@@ -126,7 +131,7 @@ class OneHotCategorical:
 
     def sample(self) -> Tensor:
         # no straight-through here: discrete actors are trained by REINFORCE
-        return sample_one_hot(self.probs).detach()
+        return one_hot_sample(self.probs)
 
     def mode(self) -> Tensor:
         return F.one_hot(self.probs.argmax(-1), self.probs.shape[-1]).to(self.probs.dtype)

@@ -84,11 +84,7 @@ class LayerNormGRUCell(nn.Module):
         else:
             gates = F.linear(x, self.linear.weight[:, : -self.hidden_dim]) + hidden_proj
         reset, candidate, update = self.norm(gates).split(self.hidden_dim, dim=-1)
-        if torch.is_grad_enabled():
-            reset = torch.sigmoid(reset)
-            candidate = torch.tanh(reset * candidate)
-            update = torch.sigmoid(update - 1.0)  # biased towards keeping the state
-        else:  # same gates in place (imagination without gradients: no 8192 x 512 temporaries)
-            candidate.mul_(reset.sigmoid_()).tanh_()
-            update.sub_(1.0).sigmoid_()
+        reset = torch.sigmoid(reset)
+        candidate = torch.tanh(reset * candidate)
+        update = torch.sigmoid(update - 1.0)  # biased towards keeping the state
         return torch.lerp(h, candidate, update)  # = update * candidate + (1 - update) * h, one kernel

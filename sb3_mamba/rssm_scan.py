@@ -10,7 +10,7 @@ alone). This module runs the same computation as
 
 * forward: per step one ``img_in`` layer, the GRU cell and the posterior
   layers, writing into preallocated time-major buffers; latents are sampled
-  with :func:`sb3_mamba.distributions.sample_one_hot` (straight-through);
+  with :func:`sb3_mamba.distributions.one_hot_sample` (straight-through in the backward);
 * backward: per step only the gradients that carry the recursion (to the
   previous deterministic and stochastic state), with fused ATen backward
   kernels (``native_layer_norm_backward``, ``silu_backward``, ...);
@@ -149,6 +149,9 @@ class PosteriorScan(torch.autograd.Function):
         # the rest per step in lists (no copies)
         saved: dict[str, list[Tensor]] = {k: [] for k in _SAVED}
         init_deter, init_stoch = initial_deter.expand(B, D), initial_stoch.expand(B, SC)
+        # the update gate's -1 (biased towards keeping the state) folded into the norm's bias
+        b_gru_update = torch.cat([b_gru[: 2 * D], b_gru[2 * D :] - 1.0]).detach()
+        uniform_mix = embed_proj.new_full((B, S, C), unimix / C)
         h, z = init_deter, init_stoch
         for t, (z_action_t, x_h_t, h_t, post_y_t, logits_t, z_t) in enumerate(zip(
                 *(buffer.unbind(0) for buffer in (z_action, x_h, deter, post_y, logits, stoch)))):
@@ -162,11 +165,11 @@ class PosteriorScan(torch.autograd.Function):
             # GRU: one Linear for the three gates, LayerNorm, DreamerV3's gate functions
             torch.cat([F.silu(in_normed), h], dim=-1, out=x_h_t)
             gru_pre = gru_linear(x_h_t)
-            gates, gru_mean, gru_rstd = _layer_norm(gru_pre, g_gru, b_gru, eps_gru)
+            gates, gru_mean, gru_rstd = _layer_norm(gru_pre, g_gru, b_gru_update, eps_gru)
             reset_in, candidate_in, update_in = gates.split(D, dim=-1)
             reset = torch.sigmoid(reset_in)
             candidate = torch.tanh(reset * candidate_in)
-            update = torch.sigmoid(update_in - 1.0)
+            update = torch.sigmoid(update_in)
             h = torch.lerp(h, candidate, update, out=h_t)
             # posterior: Linear(deter) + Linear(embed) (precomputed) -> LayerNorm -> SiLU -> Linear
             post_pre = mm(h, w_post_deter, add=embeds[t])
@@ -174,8 +177,8 @@ class PosteriorScan(torch.autograd.Function):
             aten.silu.out(post_normed, out=post_y_t)
             mm(post_y_t, w_post_out, add=b_post_out, out=logits_t)
             softmax = torch.softmax(logits_t.view(B, S, C), dim=-1)
-            probs = softmax * (1.0 - unimix) + unimix / C if unimix > 0 else softmax
-            sampler = distributions.sample_one_hot if sample else distributions.one_hot_mode
+            probs = torch.add(uniform_mix, softmax, alpha=1.0 - unimix) if unimix > 0 else softmax
+            sampler = distributions.one_hot_sample if sample else distributions.one_hot_mode
             z = z_t.copy_(sampler(probs).view(B, SC))
             for key, value in zip(_SAVED, (in_pre, in_normed, in_mean, in_rstd, gru_pre, gru_mean, gru_rstd, reset,
                                            candidate_in, candidate, update, post_pre, post_normed, post_mean,
@@ -219,8 +222,7 @@ class PosteriorScan(torch.autograd.Function):
             d_h = grad_deter[t] + d_h_next
             # straight-through sample -> unimix softmax -> logits
             d_probs = ((grad_stoch[t] + d_z_next) * scale).view(B, S, C)
-            soft = saved["softmax"][t]
-            d_soft = soft * (d_probs - (d_probs * soft).sum(-1, keepdim=True))
+            d_soft = aten._softmax_backward_data(d_probs, saved["softmax"][t], -1, torch.float32)
             d_logits_t = torch.add(grad_logits[t], d_soft.view(B, SC), out=d_logits[t])
             # posterior layers back to deter_t
             d_normed = aten.silu_backward(mm.backward(d_logits_t, w_post_out), saved["post_normed"][t])
