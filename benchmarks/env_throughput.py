@@ -16,7 +16,6 @@ import platform
 from pathlib import Path
 
 import gymnasium as gym
-import numpy as np
 
 from sb3_mamba_envs import ENV_IDS
 from sb3_mamba_envs.oracles import play_scripted
@@ -31,7 +30,7 @@ def main() -> None:
 
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"{args.episodes} meta-episodes per policy")
-    print(f"| env | H | random return | oracle return | env steps/s (random) |")
+    print("| env | H | random return | oracle return | env steps/s (random) |")
     print("|---|---|---|---|---|")
     rows = []
     for env_id in args.envs:
