@@ -136,7 +136,8 @@ def time_updates(model: MAMBA, modes: tuple[str, ...], prefix: int | None, updat
     for mode, times in timings.items():
         # medians of the per-update times: robust to a noisy neighbour on a shared machine
         per_update = np.add(times["world_model"], times["actor_critic"])
-        result = {"s_per_update": float(np.median(per_update)), "mean_wall_s_per_update": float(np.mean(times["wall"])),
+        result = {"s_per_update": float(np.median(per_update)),
+                  "mean_wall_s_per_update": float(np.mean(times["wall"])),
                   "world_model_s": float(np.median(times["world_model"])),
                   "actor_critic_s": float(np.median(times["actor_critic"]))}
         if mode != "plain":  # (the plain formulation imagines inside its loss: no separate split)

@@ -58,10 +58,8 @@ class _Matmul:
         return result if out is None else out.copy_(result)
 
     def backward(self, grad: Tensor, w: Tensor) -> Tensor:
-        """``grad @ w`` (the input gradient of ``x @ w.T``)."""
-        if self.dtype == torch.float32:
-            return torch.mm(grad, w)
-        return torch.mm(grad.to(self.dtype), w).float()
+        """``grad @ w`` (the input gradient of ``x @ w.T``), for the float32 layers."""
+        return torch.mm(grad, w)
 
     def packed(self, w: Tensor, rows: int) -> Callable[[Tensor], Tensor]:
         """``x -> x @ w.T`` (float32 result) for a weight used at every step with ``rows`` rows.
@@ -199,8 +197,8 @@ class PosteriorScan(torch.autograd.Function):
         T, B, D = deter.shape
         S, C = rssm.stoch_dim, rssm.classes
         SC, E = S * C, g_in.shape[0]
-        grad_deter, grad_stoch, grad_logits = (g.unbind(0) for g in
-                                               (grad_deter, grad_stoch.reshape(T, B, SC), grad_logits.reshape(T, B, SC)))
+        grad_deter, grad_stoch, grad_logits = (
+            g.unbind(0) for g in (grad_deter, grad_stoch.reshape(T, B, SC), grad_logits.reshape(T, B, SC)))
         gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B)
         scale = 1.0 - rssm.unimix if ctx.sample else 0.0  # the mode (sample=False) passes no gradient
         # time-major buffers for the gradients w.r.t. the pre-activations (and the norms' affine

@@ -38,6 +38,21 @@ def test_two_hot_encodes_exact_means_and_round_trips():
     torch.testing.assert_close(two_hot.mean(torch.log(weights + 1e-30)), y, rtol=1e-6, atol=1e-6)
 
 
+def test_two_hot_log_prob_reads_the_dense_encoding():
+    """The gather-based log-likelihood equals (encode(y) * log_softmax).sum(-1), out-of-range targets too."""
+    two_hot = TwoHot()
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 255, generator=generator, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 7, generator=generator, dtype=torch.float64) * 100
+    y[0, 0], y[0, 1], y[0, 2] = 1e12, -1e12, 0.0  # clamped at both ends; exactly on a bin
+    dense = (two_hot.encode(y) * torch.log_softmax(logits, -1)).sum(-1)
+    torch.testing.assert_close(two_hot.log_prob(logits, y), dense)
+    grad_dense, = torch.autograd.grad(dense.sum(), logits)
+    grad_gather, = torch.autograd.grad(two_hot.log_prob(logits, y).sum(), logits)
+    torch.testing.assert_close(grad_gather, grad_dense)
+    torch.testing.assert_close(two_hot.mean(logits), symexp((torch.softmax(logits, -1) * two_hot.bins(y)).sum(-1)))
+
+
 def test_two_hot_log_prob_is_maximal_at_target():
     two_hot = TwoHot(num_bins=41, low=-5, high=5)
     y = torch.tensor([2.0])

@@ -146,3 +146,16 @@ def test_kl_free_bits_clip_each_step_from_below():
     wm.zero_grad()
     huge["dyn_loss"].backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in wm.parameters())
+
+
+def test_mlp_outputs_equal_each_network_on_its_own():
+    from sb3_mamba.networks import mlp, mlp_outputs
+
+    torch.manual_seed(0)
+    nets = [mlp(12, 8, 2, out_dim=5), mlp(12, 8, 1, out_dim=1), mlp(12, 6, 2, out_dim=3), torch.nn.Sequential(
+        torch.nn.Linear(12, 4))]  # the last has a bias in its first layer: evaluated on its own
+    x = torch.randn(2, 9, 12)
+    for merged, alone in zip(mlp_outputs(x, nets), [net(x) for net in nets], strict=True):
+        torch.testing.assert_close(merged, alone)
+    for merged, alone in zip(mlp_outputs(x, nets[:3]), [net(x) for net in nets[:3]], strict=True):
+        torch.testing.assert_close(merged, alone)
