@@ -11,35 +11,37 @@ import sb3_mamba.rssm_scan as rssm_scan
 from sb3_mamba.rssm import RSSM
 
 B, T, E, A = 5, 13, 24, 4
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
-def make_rssm() -> RSSM:
+def make_rssm(device: str = "cpu") -> RSSM:
     torch.manual_seed(0)
     rssm = RSSM(E, A, deter=32, stoch=4, classes=5, hidden=16)
     with torch.no_grad():  # move off the initialisation (zero biases, unit norms) so every term matters
         for p in rssm.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    return rssm
+    return rssm.to(device)
 
 
-def inputs():
+def inputs(device: str = "cpu"):
     torch.manual_seed(1)
-    embed = torch.randn(B, T, E, requires_grad=True)
-    action = torch.randn(B, T, A)
-    is_first = torch.zeros(B, T, dtype=torch.bool)
+    embed = torch.randn(B, T, E).to(device).requires_grad_()
+    action = torch.randn(B, T, A).to(device)
+    is_first = torch.zeros(B, T, dtype=torch.bool, device=device)
     is_first[:, 0] = True
     is_first[1, 5] = is_first[3, 9] = is_first[3, 10] = True  # restarts inside the sequence
     return embed, action, is_first
 
 
 def values_and_grads(rssm: RSSM, fused: bool, sample: bool):
-    embed, action, is_first = inputs()
+    device = rssm.initial_deter.device
+    embed, action, is_first = inputs(device.type)
     with mock.patch.object(rssm, "fused_observe", fused):
         torch.manual_seed(2)
         post, prior = rssm.observe(embed, action, is_first, sample=sample)
     generator = torch.Generator().manual_seed(3)  # fixed loss weights on every output
-    weights = [torch.randn(x.shape, generator=generator) for x in (post["deter"], post["stoch"], post["logits"],
-                                                                   prior["logits"])]
+    weights = [torch.randn(x.shape, generator=generator).to(device) for x in (post["deter"], post["stoch"],
+                                                                              post["logits"], prior["logits"])]
     loss = sum((x * w).sum() for x, w in zip((post["deter"], post["stoch"], post["logits"], prior["logits"]), weights))
     loss = loss + (post["stoch"].softmax(-1) ** 2).sum()  # a nonlinear use of the straight-through sample
     params = dict(embed=embed, **dict(rssm.named_parameters()))
@@ -47,14 +49,15 @@ def values_and_grads(rssm: RSSM, fused: bool, sample: bool):
     return post, dict(zip(params, grads))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sample", [True, False])
-def test_fused_scan_matches_autograd_steps(sample):
-    rssm = make_rssm()
+def test_fused_scan_matches_autograd_steps(sample, device):
+    rssm = make_rssm(device)
     fused_post, fused_grads = values_and_grads(rssm, True, sample)
     step_post, step_grads = values_and_grads(rssm, False, sample)
     for key in ("deter", "stoch", "logits"):
         torch.testing.assert_close(fused_post[key], step_post[key], rtol=1e-5, atol=1e-5, msg=key)
-    assert fused_post["stoch"].sum(-1).allclose(torch.ones(B, T, 4))  # one-hot samples
+    assert fused_post["stoch"].sum(-1).allclose(torch.ones(B, T, 4, device=device))  # one-hot samples
     for name, grad in step_grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-4, msg=name)
     # every RSSM parameter the posterior touches gets a real gradient
