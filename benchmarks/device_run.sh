@@ -8,6 +8,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# the fused posterior scan against the autograd step loop on the GPU first (pytest wheels in .whl/)
+if python3 -c "import pytest" 2>/dev/null; then
+  python3 -m pytest -q -p no:cacheprovider tests/test_rssm_scan.py -k cuda 2>&1 | tee "$OUT/scan_check_gpu.txt"
+else
+  echo "pytest not installed: add its wheels (pytest, pluggy, iniconfig, packaging) to .whl/ for the scan check"
+fi
 python3 -m benchmarks.run --device cuda --updates 20 --out-dir "$OUT" 2>&1 | tee "$OUT/benchmark_gpu.txt"
 python3 examples/train_mamba.py --device cuda --full-size --env MetaRooms-1-v0 --sub-episode-length 0 \
   --n-envs 8 --steps "${TRAIN_STEPS:-32000}" --evals 4 --save "$OUT/mamba_rooms1_gpu.zip" 2>&1 | tee "$OUT/train_gpu.txt"
