@@ -134,7 +134,7 @@ class OneHotCategorical:
         return one_hot_sample(self.probs)
 
     def mode(self) -> Tensor:
-        return F.one_hot(self.probs.argmax(-1), self.probs.shape[-1]).to(self.probs.dtype)
+        return one_hot_mode(self.probs)
 
     def log_prob(self, one_hot: Tensor) -> Tensor:
         return (one_hot * self.log_probs).sum(-1)
