@@ -150,6 +150,7 @@ class PosteriorScan(torch.autograd.Function):
         # the update gate's -1 (biased towards keeping the state) folded into the norm's bias
         b_gru_update = torch.cat([b_gru[: 2 * D], b_gru[2 * D :] - 1.0]).detach()
         uniform_mix = embed_proj.new_full((B, S, C), unimix / C)
+        sampler = distributions.one_hot_sample if sample else distributions.one_hot_mode
         h, z = init_deter, init_stoch
         for t, (z_action_t, x_h_t, h_t, post_y_t, logits_t, z_t) in enumerate(zip(
                 *(buffer.unbind(0) for buffer in (z_action, x_h, deter, post_y, logits, stoch)))):
@@ -176,7 +177,6 @@ class PosteriorScan(torch.autograd.Function):
             mm(post_y_t, w_post_out, add=b_post_out, out=logits_t)
             softmax = torch.softmax(logits_t.view(B, S, C), dim=-1)
             probs = torch.add(uniform_mix, softmax, alpha=1.0 - unimix) if unimix > 0 else softmax
-            sampler = distributions.one_hot_sample if sample else distributions.one_hot_mode
             z = z_t.copy_(sampler(probs).view(B, SC))
             for key, value in zip(_SAVED, (in_pre, in_normed, in_mean, in_rstd, gru_pre, gru_mean, gru_rstd, reset,
                                            candidate_in, candidate, update, post_pre, post_normed, post_mean,
