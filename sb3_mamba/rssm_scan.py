@@ -24,6 +24,7 @@ Under autocast the GRU's matmuls run in the autocast dtype, everything else in f
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import sb3_mamba.distributions as distributions
+from sb3_mamba.native import posterior_scan_library
 
 aten = torch.ops.aten
 aten_mkldnn = torch.ops.mkldnn
@@ -61,19 +63,23 @@ class _Matmul:
         """``grad @ w`` (the input gradient of ``x @ w.T``), for the float32 layers."""
         return torch.mm(grad, w)
 
-    def packed(self, w: Tensor, rows: int) -> Callable[[Tensor], Tensor]:
+    def packed(self, w: Tensor, rows: int, in_compute_dtype: bool = False) -> Callable[[Tensor], Tensor]:
         """``x -> x @ w.T`` (float32 result) for a weight used at every step with ``rows`` rows.
 
         On CPU the weight is reordered once into oneDNN's blocked layout: a 16-row
         GEMM with the GRU's 1536 x 576 weight then takes 160 instead of 290 us in
         float32, 86 instead of 134 us in bfloat16 (MKL re-packs the weight at every
-        call). Elsewhere, a plain matmul.
+        call). Elsewhere, a plain matmul. ``in_compute_dtype``: ``x`` and the result
+        are both in the compute dtype (no conversions).
         """
         if w.device.type == "cpu" and _onednn_linear_works(self.dtype):
             w_packed = aten_mkldnn._reorder_linear_weight(w.to(self.dtype), rows)
-            if self.dtype == torch.float32:
+            if self.dtype == torch.float32 or in_compute_dtype:
                 return lambda x: aten_mkldnn._linear_pointwise(x, w_packed, None, "none", [], "")
             return lambda x: aten_mkldnn._linear_pointwise(x.to(self.dtype), w_packed, None, "none", [], "").float()
+        if in_compute_dtype:
+            w_t = w.to(self.dtype).t()
+            return lambda x: torch.mm(x, w_t)
         return lambda x: self(x, w)
 
     def weight_grad(self, d_out: Tensor, inputs: Tensor) -> Tensor:
@@ -109,17 +115,27 @@ class PosteriorScan(torch.autograd.Function):
     returns their gradients; the modules only provide shapes and eps.
     """
 
+    #: use the C kernels (:mod:`sb3_mamba.native`) on CPU where they build (False: ATen ops only)
+    native: bool = True
+
     @staticmethod
     def forward(ctx: Any, rssm: Any, sample: bool, compute_dtype: torch.dtype, embed_proj: Tensor, action: Tensor,
                 keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
+        library = native_library(embed_proj, compute_dtype) if PosteriorScan.native else None
+        ctx.native = library is not None
         # autocast off: _Matmul applies the compute dtype, the rest stays float32
         with torch.autocast(embed_proj.device.type, enabled=False):
+            if library is not None:
+                return NativeScan.forward(ctx, library, rssm, sample, compute_dtype, embed_proj, action, keep,
+                                          initial_deter, initial_stoch, *weights)
             return PosteriorScan._forward(ctx, rssm, sample, compute_dtype, embed_proj, action, keep, initial_deter,
                                           initial_stoch, *weights)
 
     @staticmethod
     def backward(ctx: Any, grad_deter: Tensor, grad_stoch: Tensor, grad_logits: Tensor) -> tuple[Tensor | None, ...]:
         with torch.autocast(grad_deter.device.type, enabled=False):
+            if ctx.native:
+                return NativeScan.backward(ctx, grad_deter, grad_stoch, grad_logits)
             return PosteriorScan._backward(ctx, grad_deter, grad_stoch, grad_logits)
 
     @staticmethod
@@ -257,16 +273,23 @@ class PosteriorScan(torch.autograd.Function):
             else:
                 d_h_next, d_z_next = d_h_prev, d_z_prev
 
-        # every weight gradient at once, over the T x B rows
-        needs = ctx.needs_input_grad[8:]
         norm_grads = {name: (d_weight.sum(0), d_bias.sum(0)) for name, (d_weight, d_bias) in d_norm.items()}
-        weight_grads = [
-            mm.weight_grad(d_in_pre, z_action) if needs[0] else None, *norm_grads["in"],  # img_in
-            gru_mm.weight_grad(d_gru_pre, x_h) if needs[3] else None, *norm_grads["gru"],  # GRU
-            mm.weight_grad(d_post_pre, deter) if needs[6] else None, *norm_grads["post"],  # posterior
-            mm.weight_grad(d_logits, post_y) if needs[9] else None, d_logits.sum((0, 1)),
-        ]
-        return (None, None, None, d_post_pre, None, None, d_initial_deter, None, *weight_grads)
+        return _input_and_weight_grads(ctx, z_action, x_h, deter, post_y, d_in_pre, d_gru_pre, d_post_pre, d_logits,
+                                       d_initial_deter, norm_grads)
+
+
+def _input_and_weight_grads(ctx: Any, z_action: Tensor, x_h: Tensor, deter: Tensor, post_y: Tensor, d_in_pre: Tensor,
+                            d_gru_pre: Tensor, d_post_pre: Tensor, d_logits: Tensor, d_initial_deter: Tensor,
+                            norm_grads: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor | None, ...]:
+    """:meth:`PosteriorScan.backward`'s return: every weight gradient at once, over the T x B rows."""
+    mm, gru_mm, needs = ctx.mm, ctx.gru_mm, ctx.needs_input_grad[8:]
+    weight_grads = [
+        mm.weight_grad(d_in_pre, z_action) if needs[0] else None, *norm_grads["in"],  # img_in
+        gru_mm.weight_grad(d_gru_pre, x_h) if needs[3] else None, *norm_grads["gru"],  # GRU
+        mm.weight_grad(d_post_pre, deter) if needs[6] else None, *norm_grads["post"],  # posterior
+        mm.weight_grad(d_logits, post_y) if needs[9] else None, d_logits.sum((0, 1)),
+    ]
+    return (None, None, None, d_post_pre, None, None, d_initial_deter, None, *weight_grads)
 
 
 #: what the forward keeps per step in lists for the backward
@@ -281,3 +304,112 @@ def scan_weights(rssm: Any) -> tuple[Tensor, ...]:
     return (img_linear.weight, img_norm.weight, img_norm.bias, rssm.gru.linear.weight, rssm.gru.norm.weight,
             rssm.gru.norm.bias, rssm.post_deter.weight, post_norm.weight, post_norm.bias, post_out.weight,
             post_out.bias)
+
+
+# -- the C kernels' path -----------------------------------------------------------------------------
+def native_library(like: Tensor, compute_dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The compiled kernels where they apply (CPU, float32 data, float32/bfloat16 matmuls), else None."""
+    if like.device.type != "cpu" or like.dtype != torch.float32 or compute_dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return posterior_scan_library()
+
+
+class _ScanStruct(ctypes.Structure):
+    """Mirror of ``Scan`` in ``native/posterior_scan.c`` (same field order)."""
+
+    _fields_ = ([(name, ctypes.c_int) for name in ("T", "B", "D", "E", "S", "C", "A", "bf16")]
+                + [(name, ctypes.c_float) for name in ("unimix", "grad_scale", "eps_in", "eps_gru", "eps_post")]
+                + [(name, ctypes.c_void_p) for name in (
+                    "w_in", "w_in_t", "g_in", "b_in", "g_gru", "b_gru", "w_pd", "w_pd_t", "g_post", "b_post", "w_out",
+                    "w_out_t", "b_out", "init_deter", "init_index", "embed_proj", "action", "uniform", "keep",
+                    "z_action", "x_h", "in_pre", "in_mean", "in_rstd", "gru_xhat", "gru_rstd", "reset", "cand_in",
+                    "cand", "update", "deter", "post_pre", "post_mean", "post_rstd", "post_y", "logits", "softmax",
+                    "stoch", "index", "grad_deter", "grad_stoch", "grad_logits", "d_logits", "d_post_pre", "d_in_pre",
+                    "d_gru_pre", "d_g_in", "d_b_in", "d_g_gru", "d_b_gru", "d_g_post", "d_b_post", "d_init_deter",
+                    "carry_h", "carry_z", "d_h_prev")])
+
+    def point(self, **tensors: Tensor | None) -> None:
+        """Set pointer fields to the tensors' data (the caller keeps the tensors alive)."""
+        for name, tensor in tensors.items():
+            assert tensor is None or tensor.is_contiguous(), name
+            setattr(self, name, None if tensor is None else tensor.data_ptr())
+
+
+class NativeScan:
+    """:class:`PosteriorScan` on the C kernels: per step, one kernel call and the GRU's matmul (torch).
+
+    Same inputs, outputs and gradients as the ATen path; the samples use the same
+    uniforms (one ``torch.rand`` of (T, B, S) draws the stream that T per-step
+    draws of (B, S, 1) would).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, library: ctypes.CDLL, rssm: Any, sample: bool, compute_dtype: torch.dtype,
+                embed_proj: Tensor, action: Tensor, keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor,
+                *weights: Tensor) -> tuple[Tensor, ...]:
+        T, B, E = embed_proj.shape
+        D, S, C, A = rssm.deter_dim, rssm.stoch_dim, rssm.classes, action.shape[-1]
+        SC = S * C
+        w_in, g_in, b_in, w_gru, g_gru, b_gru, w_pd, g_post, b_post, w_out, b_out = (
+            w.detach().contiguous() for w in weights)
+        mm, gru_mm = _Matmul(torch.float32), _Matmul(compute_dtype)
+        w_gru = gru_mm.weight(w_gru)
+        gru_linear = gru_mm.packed(w_gru, B, in_compute_dtype=True)
+        new = functools.partial(torch.empty, dtype=torch.float32)
+        tensors = dict(  # everything the kernels read or write, kept alive in ctx
+            w_in=w_in, w_in_t=w_in.t().contiguous(), g_in=g_in, b_in=b_in, g_gru=g_gru,
+            b_gru=torch.cat([b_gru[: 2 * D], b_gru[2 * D:] - 1.0]),  # the update gate's -1 folded in
+            w_pd=w_pd, w_pd_t=w_pd.t().contiguous(), g_post=g_post, b_post=b_post, w_out=w_out,
+            w_out_t=w_out.t().contiguous(), b_out=b_out, init_deter=initial_deter.detach().contiguous(),
+            init_index=initial_stoch.view(S, C).argmax(-1).int(), embed_proj=embed_proj.detach().contiguous(),
+            action=action.detach().float().contiguous(), keep=keep.to(torch.uint8).contiguous(),
+            uniform=torch.rand(T, B, S) if sample else None,
+            z_action=new(T, B, SC + A), x_h=torch.empty(T, B, E + D, dtype=compute_dtype), in_pre=new(T, B, E),
+            in_mean=new(T, B), in_rstd=new(T, B), gru_xhat=new(T, B, 3 * D), gru_rstd=new(T, B),
+            reset=new(T, B, D), cand_in=new(T, B, D), cand=new(T, B, D), update=new(T, B, D), deter=new(T, B, D),
+            post_pre=new(T, B, E), post_mean=new(T, B), post_rstd=new(T, B), post_y=new(T, B, E),
+            logits=new(T, B, SC), softmax=new(T, B, SC), stoch=new(T, B, SC),
+            index=torch.empty(T, B, S, dtype=torch.int32),
+        )
+        scan = _ScanStruct(T=T, B=B, D=D, E=E, S=S, C=C, A=A, bf16=int(compute_dtype == torch.bfloat16),
+                           unimix=rssm.unimix, grad_scale=1.0 - rssm.unimix if sample else 0.0,
+                           eps_in=rssm.img_in[1].eps, eps_gru=rssm.gru.norm.eps, eps_post=rssm.post_net[0].eps)
+        scan.point(**tensors)
+        x_h, scan_pointer = tensors["x_h"], ctypes.byref(scan)
+        library.forward_input(scan_pointer, 0)
+        for t in range(T):
+            gru_pre = gru_linear(x_h[t])  # (B, 3D) in the compute dtype
+            library.forward_output(scan_pointer, t, gru_pre.data_ptr())
+        # the outputs go through save_for_backward (an output kept on ctx would be a reference cycle);
+        # the backward reads deter, never stoch or logits
+        deter, stoch, logits = (tensors.pop(key) for key in ("deter", "stoch", "logits"))
+        scan.point(stoch=None, logits=None)
+        ctx.save_for_backward(deter)
+        ctx.library, ctx.scan, ctx.tensors, ctx.mm, ctx.gru_mm = library, scan, tensors, mm, gru_mm
+        ctx.gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B, in_compute_dtype=True)
+        return deter, stoch.view(T, B, S, C), logits.view(T, B, S, C)
+
+    @staticmethod
+    def backward(ctx: Any, grad_deter: Tensor, grad_stoch: Tensor, grad_logits: Tensor) -> tuple[Tensor | None, ...]:
+        scan, tensors, library = ctx.scan, ctx.tensors, ctx.library
+        (deter,) = ctx.saved_tensors
+        T, B, D, E, SC = scan.T, scan.B, scan.D, scan.E, scan.S * scan.C
+        new = functools.partial(torch.zeros, dtype=torch.float32)
+        grads = dict(
+            grad_deter=grad_deter.float().contiguous(), grad_stoch=grad_stoch.float().reshape(T, B, SC).contiguous(),
+            grad_logits=grad_logits.float().reshape(T, B, SC).contiguous(), d_logits=new(T, B, SC),
+            d_post_pre=new(T, B, E), d_in_pre=new(T, B, E), d_gru_pre=torch.empty(T, B, 3 * D, dtype=ctx.gru_mm.dtype),
+            d_g_in=new(E), d_b_in=new(E), d_g_gru=new(3 * D), d_b_gru=new(3 * D), d_g_post=new(E), d_b_post=new(E),
+            d_init_deter=new(D), carry_h=new(B, D), carry_z=new(B, SC), d_h_prev=new(B, D),
+        )
+        scan.point(**grads)
+        scan_pointer, d_gru_pre = ctypes.byref(scan), grads["d_gru_pre"]
+        library.backward_output(scan_pointer, T - 1)
+        for t in reversed(range(T)):
+            d_x_h = ctx.gru_linear_backward(d_gru_pre[t])  # (B, E + D) in the compute dtype
+            library.backward_input(scan_pointer, t, d_x_h.data_ptr())
+        norm_grads = {"in": (grads["d_g_in"], grads["d_b_in"]), "gru": (grads["d_g_gru"], grads["d_b_gru"]),
+                      "post": (grads["d_g_post"], grads["d_b_post"])}
+        return _input_and_weight_grads(ctx, tensors["z_action"], tensors["x_h"], deter, tensors["post_y"],
+                                       grads["d_in_pre"], d_gru_pre, grads["d_post_pre"], grads["d_logits"],
+                                       grads["d_init_deter"], norm_grads)

@@ -1,17 +1,34 @@
-"""The fused posterior unroll (hand-written backward) equals the autograd step loop."""
+"""The fused posterior unroll (hand-written backward) equals the autograd step loop.
+
+Both of its implementations: ATen ops per step ("aten", also the GPU path) and the
+C kernels of ``sb3_mamba/native`` ("native", on CPU where a C compiler is).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from unittest import mock
 
 import pytest
 import torch
 
 import sb3_mamba.rssm_scan as rssm_scan
+from sb3_mamba.native import posterior_scan_library
 from sb3_mamba.rssm import RSSM
 
 B, T, E, A = 5, 13, 24, 4
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+IMPLEMENTATIONS = ["aten", pytest.param("native", marks=pytest.mark.skipif(
+    posterior_scan_library() is None, reason="the C kernels did not build (no C compiler?)"))]
+
+
+@contextlib.contextmanager
+def implementation(name: str):
+    """Run the scan on ``name``'s path, and check that path really ran."""
+    native_forward = mock.patch.object(rssm_scan.NativeScan, "forward", wraps=rssm_scan.NativeScan.forward)
+    with mock.patch.object(rssm_scan.PosteriorScan, "native", name == "native"), native_forward as spy:
+        yield
+    assert spy.called == (name == "native")
 
 
 def make_rssm(device: str = "cpu") -> RSSM:
@@ -50,10 +67,14 @@ def values_and_grads(rssm: RSSM, fused: bool, sample: bool):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("sample", [True, False])
-def test_fused_scan_matches_autograd_steps(sample, device):
+def test_fused_scan_matches_autograd_steps(sample, impl, device):
+    if impl == "native" and device == "cuda":
+        pytest.skip("the C kernels are CPU-only")
     rssm = make_rssm(device)
-    fused_post, fused_grads = values_and_grads(rssm, True, sample)
+    with implementation(impl):
+        fused_post, fused_grads = values_and_grads(rssm, True, sample)
     step_post, step_grads = values_and_grads(rssm, False, sample)
     for key in ("deter", "stoch", "logits"):
         torch.testing.assert_close(fused_post[key], step_post[key], rtol=1e-5, atol=1e-5, msg=key)
@@ -76,17 +97,19 @@ def test_fused_scan_detects_a_wrong_gradient():
                 return lambda grad, out: 1.01 * original(grad, out)
             return getattr(torch.ops.aten, name)
 
-    with mock.patch.object(rssm_scan, "aten", Aten()):
+    with mock.patch.object(rssm_scan, "aten", Aten()), implementation("aten"):
         fused_grads = values_and_grads(rssm, True, True)[1]
     with pytest.raises(AssertionError):
         torch.testing.assert_close(fused_grads["gru.linear.weight"], step_grads["gru.linear.weight"], rtol=1e-4,
                                    atol=1e-4)
 
 
-def test_prepacked_and_plain_matmuls_agree():
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_prepacked_and_plain_matmuls_agree(impl):
     rssm = make_rssm()
-    packed_post, packed_grads = values_and_grads(rssm, True, True)
-    with mock.patch.object(rssm_scan, "_onednn_linear_works", lambda dtype=None: False):
+    with implementation(impl):
+        packed_post, packed_grads = values_and_grads(rssm, True, True)
+    with mock.patch.object(rssm_scan, "_onednn_linear_works", lambda dtype=None: False), implementation(impl):
         plain_post, plain_grads = values_and_grads(rssm, True, True)
     torch.testing.assert_close(packed_post["deter"], plain_post["deter"], rtol=1e-5, atol=1e-5)
     for name, grad in plain_grads.items():
@@ -102,16 +125,36 @@ def test_onednn_check_leaves_the_rng_alone():
     assert torch.equal(after_check, torch.rand(3))
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("prepacked", [True, False], ids=["onednn", "plain-matmul"])  # plain: as on a GPU
-def test_fused_scan_under_bfloat16_autocast_is_close(prepacked):
+def test_fused_scan_under_bfloat16_autocast_is_close(prepacked, impl):
     rssm = make_rssm()
     embed, action, is_first = inputs()
-    reference, _ = rssm.observe(embed, action, is_first, sample=False)
-    reference_grad, = torch.autograd.grad(reference["deter"].sum(), embed)
+    # (with the mode, deter carries no gradient to embed: the GRU's weight and the logits' embed gradient do)
+    wrt = [embed, rssm.gru.linear.weight]
+    with mock.patch.object(rssm, "fused_observe", False):
+        reference, _ = rssm.observe(embed, action, is_first, sample=False)
+    reference_grads = torch.autograd.grad(reference["deter"].sum() + reference["logits"].sum(), wrt)
     works = rssm_scan._onednn_linear_works if prepacked else (lambda dtype=None: False)
-    with mock.patch.object(rssm_scan, "_onednn_linear_works", works), torch.autocast("cpu", dtype=torch.bfloat16):
+    with mock.patch.object(rssm_scan, "_onednn_linear_works", works), torch.autocast("cpu", dtype=torch.bfloat16), \
+            implementation(impl):
         post, _ = rssm.observe(embed, action, is_first, sample=False)
     assert post["deter"].dtype == torch.float32
     torch.testing.assert_close(post["deter"], reference["deter"], rtol=0.05, atol=0.05)
-    grad, = torch.autograd.grad(post["deter"].sum(), embed)
-    torch.testing.assert_close(grad, reference_grad, rtol=0.1, atol=0.1)
+    grads = torch.autograd.grad(post["deter"].sum() + post["logits"].sum(), wrt)
+    for grad, reference_grad in zip(grads, reference_grads):
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+        torch.testing.assert_close(grad, reference_grad, rtol=0.1, atol=0.1 * reference_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_nan_inputs_stay_nan(impl):
+    """The kernels must not turn a NaN into a finite number (MAMBA's finite checks rely on it)."""
+    rssm = make_rssm()
+    embed, action, is_first = inputs()
+    embed = embed.detach().clone()
+    embed[2, 4] = float("nan")
+    with implementation(impl):
+        post, _ = rssm.observe(embed, action, is_first, sample=False)
+    assert post["logits"][2, 4].isnan().all()
+    assert torch.isfinite(post["deter"][2, :4]).all() and torch.isfinite(post["deter"][[0, 1, 3, 4]]).all()
