@@ -322,8 +322,7 @@ class _ScanStruct(ctypes.Structure):
                 + [(name, ctypes.c_void_p) for name in (
                     "w_in", "w_in_t", "g_in", "b_in", "g_gru", "b_gru", "w_pd", "w_pd_t", "g_post", "b_post", "w_out",
                     "w_out_t", "b_out", "init_deter", "init_index", "embed_proj", "action", "uniform", "keep",
-                    "z_action", "x_h", "in_pre", "in_mean", "in_rstd", "gru_xhat", "gru_rstd", "reset", "cand_in",
-                    "cand", "update", "deter", "post_pre", "post_mean", "post_rstd", "post_y", "logits", "softmax",
+                    "z_action", "x_h", "in_pre", "in_mean", "in_rstd", "gru_mean", "gru_rstd", "deter", "post_pre", "post_mean", "post_rstd", "post_y", "logits", "softmax",
                     "stoch", "index", "grad_deter", "grad_stoch", "grad_logits", "d_logits", "d_post_pre", "d_in_pre",
                     "d_gru_pre", "d_g_in", "d_b_in", "d_g_gru", "d_b_gru", "d_g_post", "d_b_post", "d_init_deter",
                     "carry_h", "carry_z", "d_h_prev")])
@@ -365,8 +364,7 @@ class NativeScan:
             action=action.detach().float().contiguous(), keep=keep.to(torch.uint8).contiguous(),
             uniform=torch.rand(T, B, S) if sample else None,
             z_action=new(T, B, SC + A), x_h=torch.empty(T, B, E + D, dtype=compute_dtype), in_pre=new(T, B, E),
-            in_mean=new(T, B), in_rstd=new(T, B), gru_xhat=new(T, B, 3 * D), gru_rstd=new(T, B),
-            reset=new(T, B, D), cand_in=new(T, B, D), cand=new(T, B, D), update=new(T, B, D), deter=new(T, B, D),
+            in_mean=new(T, B), in_rstd=new(T, B), gru_mean=new(T, B), gru_rstd=new(T, B), deter=new(T, B, D),
             post_pre=new(T, B, E), post_mean=new(T, B), post_rstd=new(T, B), post_y=new(T, B, E),
             logits=new(T, B, SC), softmax=new(T, B, SC), stoch=new(T, B, SC),
             index=torch.empty(T, B, S, dtype=torch.int32),
@@ -377,15 +375,16 @@ class NativeScan:
         scan.point(**tensors)
         x_h, scan_pointer = tensors["x_h"], ctypes.byref(scan)
         library.forward_input(scan_pointer, 0)
+        gru_pre = []  # (B, 3D) per step in the compute dtype; the backward recomputes the gates from it
         for t in range(T):
-            gru_pre = gru_linear(x_h[t])  # (B, 3D) in the compute dtype
-            library.forward_output(scan_pointer, t, gru_pre.data_ptr())
+            gru_pre.append(gru_linear(x_h[t]))
+            library.forward_output(scan_pointer, t, gru_pre[t].data_ptr())
         # the outputs go through save_for_backward (an output kept on ctx would be a reference cycle);
         # the backward reads deter, never stoch or logits
         deter, stoch, logits = (tensors.pop(key) for key in ("deter", "stoch", "logits"))
         scan.point(stoch=None, logits=None)
         ctx.save_for_backward(deter)
-        ctx.library, ctx.scan, ctx.tensors, ctx.mm, ctx.gru_mm = library, scan, tensors, mm, gru_mm
+        ctx.library, ctx.scan, ctx.tensors, ctx.gru_pre, ctx.mm, ctx.gru_mm = library, scan, tensors, gru_pre, mm, gru_mm
         ctx.gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B, in_compute_dtype=True)
         return deter, stoch.view(T, B, S, C), logits.view(T, B, S, C)
 
@@ -403,11 +402,11 @@ class NativeScan:
             d_init_deter=new(D), carry_h=new(B, D), carry_z=new(B, SC), d_h_prev=new(B, D),
         )
         scan.point(**grads)
-        scan_pointer, d_gru_pre = ctypes.byref(scan), grads["d_gru_pre"]
-        library.backward_output(scan_pointer, T - 1)
+        scan_pointer, d_gru_pre, gru_pre = ctypes.byref(scan), grads["d_gru_pre"], ctx.gru_pre
+        library.backward_output(scan_pointer, T - 1, gru_pre[T - 1].data_ptr())
         for t in reversed(range(T)):
             d_x_h = ctx.gru_linear_backward(d_gru_pre[t])  # (B, E + D) in the compute dtype
-            library.backward_input(scan_pointer, t, d_x_h.data_ptr())
+            library.backward_input(scan_pointer, t, d_x_h.data_ptr(), gru_pre[t - 1].data_ptr() if t > 0 else None)
         norm_grads = {"in": (grads["d_g_in"], grads["d_b_in"]), "gru": (grads["d_g_gru"], grads["d_b_gru"]),
                       "post": (grads["d_g_post"], grads["d_b_post"])}
         return _input_and_weight_grads(ctx, tensors["z_action"], tensors["x_h"], deter, tensors["post_y"],

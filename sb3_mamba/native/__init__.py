@@ -32,7 +32,8 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("posterior_scan.c")
 #: no -ffast-math: NaNs must survive the kernels so MAMBA's finite checks still see them
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared")
-FUNCTIONS = ("forward_input", "forward_output", "backward_output", "backward_input")
+#: the kernels and how many data pointers (torch matmul outputs) each takes after (Scan*, t)
+FUNCTIONS = {"forward_input": 0, "forward_output": 1, "backward_output": 1, "backward_input": 2}
 
 
 def enabled() -> bool:
@@ -102,10 +103,8 @@ def posterior_scan_library() -> ctypes.CDLL | None:
         warnings.warn(f"sb3-mamba: could not build its C kernels ({error}); the RSSM unroll runs on slower ATen "
                       "ops. SB3_MAMBA_NATIVE=0 silences this.", RuntimeWarning, stacklevel=2)
         return None
-    for name in FUNCTIONS:
+    for name, pointers in FUNCTIONS.items():
         function = getattr(library, name)
-        # (Scan*, t) and, for the two that follow a torch matmul, its output's data pointer
-        takes_matmul_output = name in ("forward_output", "backward_input")
-        function.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * takes_matmul_output
+        function.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * pointers
         function.restype = None
     return library

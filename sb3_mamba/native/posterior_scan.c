@@ -10,9 +10,10 @@
  *   forward_output(t, pre)  GRU gates from the matmul's output -> deter[t]; posterior
  *                           Linear -> LayerNorm -> SiLU -> Linear -> unimix softmax -> sample;
  *                           then forward_input(t + 1)
- *   backward_output(t)      the same in reverse down to the GRU gates' pre-activations
- *   backward_input(t, dx)   from the matmul's input gradient back to deter[t-1] and stoch[t-1];
- *                           restarts; then backward_output(t - 1)
+ *   backward_output(t, pre) the same in reverse down to the GRU gates' pre-activations (the
+ *                           gates are recomputed from the matmul's output `pre`, not stored)
+ *   backward_input(t, dx, pre_prev)  from the matmul's input gradient back to deter[t-1] and
+ *                           stoch[t-1]; restarts; then backward_output(t - 1, pre_prev)
  *
  * Weight gradients are not computed here: the Python side takes each as one matmul over
  * all T x B rows of the saved buffers after the loop. Shapes: T time, B batch, D deter,
@@ -42,8 +43,7 @@ typedef struct {
   float *z_action;                              /* (T, B, K) img_in's input */
   void *x_h;                                    /* (T, B, E + D) the GRU matmul's input */
   float *in_pre, *in_mean, *in_rstd;            /* (T, B, E), (T, B), (T, B) */
-  float *gru_xhat, *gru_rstd;                   /* (T, B, 3D) normalised gates, (T, B) */
-  float *reset, *cand_in, *cand, *update;       /* (T, B, D) */
+  float *gru_mean, *gru_rstd;                   /* (T, B): the gates' norm (the backward recomputes the gates) */
   float *deter;                                 /* (T, B, D) */
   float *post_pre, *post_mean, *post_rstd, *post_y; /* (T, B, E), (T, B), (T, B), (T, B, E) */
   float *logits, *softmax, *stoch;              /* (T, B, SC) */
@@ -90,23 +90,70 @@ static inline uint16_t bf16_round(float f) { /* round to nearest even, as torch;
   if (f != f) return 0x7fc0;
   return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
 }
-/* element i of a compute-dtype buffer */
-static inline float load(const void *p, int bf16, int64_t i) {
-  return bf16 ? bf16_load((const uint16_t *)p, i) : ((const float *)p)[i];
+/* n values of a compute-dtype buffer (from element `offset`) to float32, and back */
+static void load_row(int n, const void *src, int bf16, int64_t offset, float *restrict dst) {
+  if (!bf16) { memcpy(dst, (const float *)src + offset, sizeof(float) * n); return; }
+  const uint16_t *restrict p = (const uint16_t *)src + offset;
+#pragma omp simd
+  for (int i = 0; i < n; i++) dst[i] = bf16_load(p, i);
 }
-static inline void store(void *p, int bf16, int64_t i, float v) {
-  if (bf16) ((uint16_t *)p)[i] = bf16_round(v); else ((float *)p)[i] = v;
+static void store_row(int n, const float *restrict src, void *dst, int bf16, int64_t offset) {
+  if (!bf16) { memcpy((float *)dst + offset, src, sizeof(float) * n); return; }
+  uint16_t *restrict p = (uint16_t *)dst + offset;
+  for (int i = 0; i < n; i++) p[i] = bf16_round(src[i]);
 }
 
-/* out (N) (+)= x (K) @ w (K, N) with w's rows ldw apart */
-static void vec_mat(int K, int N, const float *restrict x, const float *restrict w, int ldw, float *restrict out,
-                    int accumulate) {
-  if (!accumulate) memset(out, 0, sizeof(float) * N);
-  for (int k = 0; k < K; k++) {
-    const float xk = x[k];
-    const float *restrict row = w + (int64_t)k * ldw;
+/* out (M, N) (+)= x (M, K) @ w (K, N); leading dimensions ldx, ldw, ldo. 4 x 64 register blocks
+ * (16 accumulators: each weight row is loaded once per 4 rows of x); the rest plain loops. */
+typedef float vec16 __attribute__((vector_size(64)));
+static inline vec16 vload(const float *p) { vec16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+
+static void matmul(int M, int K, int N, const float *restrict x, int ldx, const float *restrict w, int ldw,
+                   float *restrict out, int ldo, int accumulate) {
+  int m0 = 0;
+  for (; m0 + 4 <= M; m0 += 4) {
+    int n0 = 0;
+    for (; n0 + 64 <= N; n0 += 64) {
+      vec16 acc[4][4];
+      for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++)
+          acc[i][j] = accumulate ? vload(out + (int64_t)(m0 + i) * ldo + n0 + 16 * j) : (vec16){0};
+      for (int k = 0; k < K; k++) {
+        const float *wk = w + (int64_t)k * ldw + n0;
+        const vec16 w0 = vload(wk), w1 = vload(wk + 16), w2 = vload(wk + 32), w3 = vload(wk + 48);
+        for (int i = 0; i < 4; i++) {
+          const float xi = x[(int64_t)(m0 + i) * ldx + k];
+          acc[i][0] += xi * w0;
+          acc[i][1] += xi * w1;
+          acc[i][2] += xi * w2;
+          acc[i][3] += xi * w3;
+        }
+      }
+      for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) vstore(out + (int64_t)(m0 + i) * ldo + n0 + 16 * j, acc[i][j]);
+    }
+    if (n0 < N)  /* the columns left of these four rows */
+      for (int i = 0; i < 4; i++) {
+        float *restrict o = out + (int64_t)(m0 + i) * ldo;
+        if (!accumulate) memset(o + n0, 0, sizeof(float) * (N - n0));
+        for (int k = 0; k < K; k++) {
+          const float xi = x[(int64_t)(m0 + i) * ldx + k];
+          const float *restrict wk = w + (int64_t)k * ldw;
 #pragma omp simd
-    for (int n = 0; n < N; n++) out[n] += xk * row[n];
+          for (int n = n0; n < N; n++) o[n] += xi * wk[n];
+        }
+      }
+  }
+  for (; m0 < M; m0++) {  /* the rows left */
+    float *restrict o = out + (int64_t)m0 * ldo;
+    if (!accumulate) memset(o, 0, sizeof(float) * N);
+    for (int k = 0; k < K; k++) {
+      const float xk = x[(int64_t)m0 * ldx + k];
+      const float *restrict wk = w + (int64_t)k * ldw;
+#pragma omp simd
+      for (int n = 0; n < N; n++) o[n] += xk * wk[n];
+    }
   }
 }
 
@@ -121,9 +168,10 @@ static void layer_norm(int W, const float *restrict x, const float *restrict g, 
   for (int i = 0; i < W; i++) sq += (x[i] - mean) * (x[i] - mean);
   const float rstd = 1.0f / sqrtf(sq / W + eps);
 #pragma omp simd
-  for (int i = 0; i < W; i++) {
-    xhat[i] = (x[i] - mean) * rstd;
-    if (y) y[i] = xhat[i] * g[i] + b[i];
+  for (int i = 0; i < W; i++) xhat[i] = (x[i] - mean) * rstd;
+  if (y) {
+#pragma omp simd
+    for (int i = 0; i < W; i++) y[i] = xhat[i] * g[i] + b[i];
   }
   if (mean_out) *mean_out = mean;
   *rstd_out = rstd;
@@ -149,6 +197,20 @@ static void layer_norm_backward(int W, const float *restrict d_y, const float *r
   }
 }
 
+/* xhat (3D) normalised gate pre-activations -> reset, cand_in, cand = tanh(reset * cand_in), update (D each) */
+static inline void gru_gates(const Scan *s, const float *restrict xhat, float *restrict reset, float *restrict cand_in,
+                             float *restrict cand, float *restrict update) {
+  const int D = s->D;
+  const float *restrict g = s->g_gru, *restrict bias = s->b_gru;
+#pragma omp simd
+  for (int d = 0; d < D; d++) {
+    reset[d] = sigmoid_f(xhat[d] * g[d] + bias[d]);
+    cand_in[d] = xhat[D + d] * g[D + d] + bias[D + d];
+    cand[d] = tanh_f(reset[d] * cand_in[d]);
+    update[d] = sigmoid_f(xhat[2 * D + d] * g[2 * D + d] + bias[2 * D + d]);
+  }
+}
+
 static inline int keeps(const Scan *s, int t, int b) { return t > 0 && s->keep[(int64_t)t * s->B + b]; }
 static inline const float *previous_deter(const Scan *s, int t, int b) {
   return keeps(s, t, b) ? s->deter + ((int64_t)(t - 1) * s->B + b) * s->D : s->init_deter;
@@ -157,173 +219,203 @@ static inline const float *previous_deter(const Scan *s, int t, int b) {
 /* -- forward ------------------------------------------------------------------------------ */
 void forward_input(const Scan *s, int t) {
   const int B = s->B, D = s->D, E = s->E, S = s->S, C = s->C, A = s->A, SC = S * C, K = SC + A;
+  const int64_t first = (int64_t)t * B;  /* row of (t, b = 0) */
   for (int b = 0; b < B; b++) {
-    const int64_t row = (int64_t)t * B + b;
+    const int64_t row = first + b;
     const int keep = keeps(s, t, b);
     const int32_t *index = keep ? s->index + (row - B) * S : s->init_index;
-    const float *action = s->action + row * A;
-    float *z_action = s->z_action + row * K;
-    float *pre = s->in_pre + row * E;
-    /* z_action = [one-hot latent, action (zero where the state restarts)] */
+    float *z_action = s->z_action + row * K, *pre = s->in_pre + row * E;
+    /* z_action = [one-hot latent, action (zero where the state restarts)]; with a one-hot
+     * input the matmul is a sum of S rows of w_in_t plus the action's part */
     memset(z_action, 0, sizeof(float) * SC);
     memset(pre, 0, sizeof(float) * E);
-    for (int i = 0; i < S; i++) {  /* one-hot input: the matmul is a sum of S rows of w_in_t */
+    for (int i = 0; i < S; i++) {
       z_action[i * C + index[i]] = 1.0f;
       const float *restrict w = s->w_in_t + (int64_t)(i * C + index[i]) * E;
 #pragma omp simd
       for (int e = 0; e < E; e++) pre[e] += w[e];
     }
-    for (int a = 0; a < A; a++) z_action[SC + a] = keep ? action[a] : 0.0f;
-    vec_mat(A, E, z_action + SC, s->w_in_t + (int64_t)SC * E, E, pre, 1);
+    for (int a = 0; a < A; a++) z_action[SC + a] = keep ? s->action[row * A + a] : 0.0f;
+    matmul(1, A, E, z_action + SC, A, s->w_in_t + (int64_t)SC * E, E, pre, E, 1);
     float xhat[E], y[E];
     layer_norm(E, pre, s->g_in, s->b_in, s->eps_in, xhat, y, s->in_mean + row, s->in_rstd + row);
-    const int64_t xh = row * (E + D);
-    for (int e = 0; e < E; e++) store(s->x_h, s->bf16, xh + e, y[e] * sigmoid_f(y[e]));  /* SiLU */
-    const float *h_prev = previous_deter(s, t, b);
-    for (int d = 0; d < D; d++) store(s->x_h, s->bf16, xh + E + d, h_prev[d]);
+#pragma omp simd
+    for (int e = 0; e < E; e++) y[e] *= sigmoid_f(y[e]);  /* SiLU */
+    store_row(E, y, s->x_h, s->bf16, row * (E + D));
+    store_row(D, previous_deter(s, t, b), s->x_h, s->bf16, row * (E + D) + E);
   }
 }
 
 void forward_output(const Scan *s, int t, const void *gru_pre) {
   const int B = s->B, D = s->D, E = s->E, S = s->S, C = s->C, SC = S * C;
+  const int64_t first = (int64_t)t * B;
+  /* GRU: LayerNorm over the three gates, DreamerV3's gate functions */
   for (int b = 0; b < B; b++) {
-    const int64_t row = (int64_t)t * B + b;
-    /* GRU: LayerNorm over the three gates, DreamerV3's gate functions */
-    float pre[3 * D];
-    for (int i = 0; i < 3 * D; i++) pre[i] = load(gru_pre, s->bf16, (int64_t)b * 3 * D + i);
-    float *xhat = s->gru_xhat + row * 3 * D;
-    layer_norm(3 * D, pre, NULL, NULL, s->eps_gru, xhat, NULL, NULL, s->gru_rstd + row);
-    const float *restrict g = s->g_gru, *restrict bias = s->b_gru, *restrict h_prev = previous_deter(s, t, b);
-    float *restrict reset = s->reset + row * D, *restrict cand_in = s->cand_in + row * D;
-    float *restrict cand = s->cand + row * D, *restrict update = s->update + row * D, *restrict h = s->deter + row * D;
+    const int64_t row = first + b;
+    float pre[3 * D], xhat[3 * D], reset[D], cand_in[D], cand[D], update[D];
+    load_row(3 * D, gru_pre, s->bf16, (int64_t)b * 3 * D, pre);
+    layer_norm(3 * D, pre, NULL, NULL, s->eps_gru, xhat, NULL, s->gru_mean + row, s->gru_rstd + row);
+    gru_gates(s, xhat, reset, cand_in, cand, update);
+    const float *restrict h_prev = previous_deter(s, t, b);
+    float *restrict h = s->deter + row * D;
 #pragma omp simd
-    for (int d = 0; d < D; d++) {
-      reset[d] = sigmoid_f(xhat[d] * g[d] + bias[d]);
-      cand_in[d] = xhat[D + d] * g[D + d] + bias[D + d];
-      cand[d] = tanh_f(reset[d] * cand_in[d]);
-      update[d] = sigmoid_f(xhat[2 * D + d] * g[2 * D + d] + bias[2 * D + d]);
-      h[d] = h_prev[d] + update[d] * (cand[d] - h_prev[d]);
-    }
-    /* posterior: Linear(deter) + Linear(embed) (precomputed) -> LayerNorm -> SiLU -> Linear */
-    float *restrict post_pre = s->post_pre + row * E, *restrict post_y = s->post_y + row * E;
-    memcpy(post_pre, s->embed_proj + row * E, sizeof(float) * E);
-    vec_mat(D, E, h, s->w_pd_t, E, post_pre, 1);
-    float post_xhat[E];
-    layer_norm(E, post_pre, s->g_post, s->b_post, s->eps_post, post_xhat, post_y, s->post_mean + row,
-               s->post_rstd + row);
+    for (int d = 0; d < D; d++) h[d] = h_prev[d] + update[d] * (cand[d] - h_prev[d]);
+  }
+  /* posterior: Linear(deter) + Linear(embed) (precomputed) -> LayerNorm -> SiLU -> Linear */
+  float *post_pre = s->post_pre + first * E, *post_y = s->post_y + first * E, *logits = s->logits + first * SC;
+  memcpy(post_pre, s->embed_proj + first * E, sizeof(float) * B * E);
+  matmul(B, D, E, s->deter + first * D, D, s->w_pd_t, E, post_pre, E, 1);
+  for (int b = 0; b < B; b++) {
+    float xhat[E], *restrict y = post_y + (int64_t)b * E;
+    layer_norm(E, post_pre + (int64_t)b * E, s->g_post, s->b_post, s->eps_post, xhat, y, s->post_mean + first + b,
+               s->post_rstd + first + b);
 #pragma omp simd
-    for (int e = 0; e < E; e++) post_y[e] = post_y[e] * sigmoid_f(post_y[e]);
-    float *logits = s->logits + row * SC, *softmax = s->softmax + row * SC, *stoch = s->stoch + row * SC;
-    memcpy(logits, s->b_out, sizeof(float) * SC);
-    vec_mat(E, SC, post_y, s->w_out_t, SC, logits, 1);
-    /* unimix softmax per latent, then a one-hot sample (inverse CDF, as torch.searchsorted) or the mode */
-    memset(stoch, 0, sizeof(float) * SC);
+    for (int e = 0; e < E; e++) y[e] *= sigmoid_f(y[e]);
+    memcpy(logits + (int64_t)b * SC, s->b_out, sizeof(float) * SC);
+  }
+  matmul(B, E, SC, post_y, E, s->w_out_t, SC, logits, SC, 1);
+  /* unimix softmax per latent, then a one-hot sample (inverse CDF, as torch.searchsorted) or the mode */
+  for (int b = 0; b < B; b++) {
+    const int64_t row = first + b;
+    float *softmax = s->softmax + row * SC, *stoch = s->stoch + row * SC;
     for (int i = 0; i < S; i++) {
-      const float *l = logits + i * C;
+      const float *l = s->logits + row * SC + i * C;
       float *p = softmax + i * C;
       float max = l[0], sum = 0.0f;
+#pragma omp simd reduction(max : max)
       for (int c = 1; c < C; c++) max = l[c] > max ? l[c] : max;
+#pragma omp simd reduction(+ : sum)
       for (int c = 0; c < C; c++) sum += (p[c] = exp_f(l[c] - max));
-      for (int c = 0; c < C; c++) p[c] /= sum;
-      int chosen = 0;
-      if (s->uniform) {
-        const float u = s->uniform[row * S + i];
-        double cdf = 0.0;  /* torch's CPU cumsum accumulates in double */
-        chosen = C - 1;
-        for (int c = 0; c < C; c++) {
-          cdf += (double)(s->unimix / C + (1.0f - s->unimix) * p[c]);
-          if ((float)cdf >= u) { chosen = c; break; }
-        }
-      } else {
-        for (int c = 1; c < C; c++) chosen = p[c] > p[chosen] ? c : chosen;
-      }
-      stoch[i * C + chosen] = 1.0f;
-      s->index[row * S + i] = chosen;
+      const float inverse = 1.0f / sum;
+#pragma omp simd
+      for (int c = 0; c < C; c++) p[c] *= inverse;
     }
+    int32_t *index = s->index + row * S;
+    if (s->uniform) {
+      /* the sampled class is the number of CDF values below u: all S latents at once, class by class
+       * (no data-dependent branch); the CDF in double, as torch's CPU cumsum */
+      const float *u = s->uniform + row * S;
+      double cdf[S];
+      for (int i = 0; i < S; i++) cdf[i] = 0.0, index[i] = 0;
+      for (int c = 0; c < C; c++) {
+#pragma omp simd
+        for (int i = 0; i < S; i++) {
+          cdf[i] += (double)(s->unimix / C + (1.0f - s->unimix) * softmax[i * C + c]);
+          index[i] += (float)cdf[i] < u[i];
+        }
+      }
+      for (int i = 0; i < S; i++) index[i] = index[i] < C - 1 ? index[i] : C - 1;
+    } else {
+      for (int i = 0; i < S; i++) {
+        const float *p = softmax + i * C;
+        int chosen = 0;
+        for (int c = 1; c < C; c++) chosen = p[c] > p[chosen] ? c : chosen;
+        index[i] = chosen;
+      }
+    }
+    memset(stoch, 0, sizeof(float) * SC);
+    for (int i = 0; i < S; i++) stoch[i * C + index[i]] = 1.0f;
   }
   if (t + 1 < s->T) forward_input(s, t + 1);
 }
 
 /* -- backward ----------------------------------------------------------------------------- */
-void backward_output(const Scan *s, int t) {
+void backward_output(const Scan *s, int t, const void *gru_pre) {
   const int B = s->B, D = s->D, E = s->E, S = s->S, C = s->C, SC = S * C;
+  const int64_t first = (int64_t)t * B;
+  /* straight-through sample -> unimix softmax -> logits */
   for (int b = 0; b < B; b++) {
-    const int64_t row = (int64_t)t * B + b;
-    /* straight-through sample -> unimix softmax -> logits */
+    const int64_t row = first + b;
     const float *softmax = s->softmax + row * SC, *grad_stoch = s->grad_stoch + row * SC;
+    const float *carry_z = s->carry_z + (int64_t)b * SC;
     float *d_logits = s->d_logits + row * SC;
     for (int i = 0; i < S; i++) {
       float d_p[C], dot = 0.0f;
       for (int c = 0; c < C; c++) {
-        d_p[c] = (grad_stoch[i * C + c] + s->carry_z[(int64_t)b * SC + i * C + c]) * s->grad_scale;
+        d_p[c] = (grad_stoch[i * C + c] + carry_z[i * C + c]) * s->grad_scale;
         dot += d_p[c] * softmax[i * C + c];
       }
       for (int c = 0; c < C; c++)
         d_logits[i * C + c] = s->grad_logits[row * SC + i * C + c] + softmax[i * C + c] * (d_p[c] - dot);
     }
-    /* posterior layers back to deter_t */
-    float d_y[E], post_xhat[E], d_pre_post[E];
-    vec_mat(SC, E, d_logits, s->w_out, E, d_y, 0);
+  }
+  /* posterior layers back to deter_t */
+  float d_y[B * E], d_h[B * D];
+  matmul(B, SC, E, s->d_logits + first * SC, SC, s->w_out, E, d_y, E, 0);
+  for (int b = 0; b < B; b++) {
+    const int64_t row = first + b;
     const float *post_pre = s->post_pre + row * E, mean = s->post_mean[row], rstd = s->post_rstd[row];
+    float xhat[E], *restrict dy = d_y + (int64_t)b * E;
 #pragma omp simd
     for (int e = 0; e < E; e++) {
-      post_xhat[e] = (post_pre[e] - mean) * rstd;
-      const float x = post_xhat[e] * s->g_post[e] + s->b_post[e], sig = sigmoid_f(x);
-      d_y[e] *= sig * (1.0f + x * (1.0f - sig));  /* SiLU backward */
+      xhat[e] = (post_pre[e] - mean) * rstd;
+      const float x = xhat[e] * s->g_post[e] + s->b_post[e], sig = sigmoid_f(x);
+      dy[e] *= sig * (1.0f + x * (1.0f - sig));  /* SiLU backward */
     }
-    layer_norm_backward(E, d_y, post_xhat, s->g_post, rstd, d_pre_post, s->d_g_post, s->d_b_post);
-    memcpy(s->d_post_pre + row * E, d_pre_post, sizeof(float) * E);
-    float d_h[D];
-    const float *grad_deter = s->grad_deter + row * D, *carry = s->carry_h + (int64_t)b * D;
+    layer_norm_backward(E, dy, xhat, s->g_post, rstd, s->d_post_pre + row * E, s->d_g_post, s->d_b_post);
+    const float *restrict grad_deter = s->grad_deter + row * D, *restrict carry = s->carry_h + (int64_t)b * D;
 #pragma omp simd
-    for (int d = 0; d < D; d++) d_h[d] = grad_deter[d] + carry[d];
-    vec_mat(E, D, d_pre_post, s->w_pd, D, d_h, 1);
-    /* GRU cell: deter_t = h_prev + u * (c - h_prev), c = tanh(r * cand_in) */
-    const float *restrict reset = s->reset + row * D, *restrict cand_in = s->cand_in + row * D;
-    const float *restrict cand = s->cand + row * D, *restrict update = s->update + row * D;
-    const float *restrict h_prev = previous_deter(s, t, b);
+    for (int d = 0; d < D; d++) d_h[(int64_t)b * D + d] = grad_deter[d] + carry[d];
+  }
+  matmul(B, E, D, s->d_post_pre + first * E, E, s->w_pd, D, d_h, D, 1);
+  /* GRU cell: deter_t = h_prev + u * (c - h_prev), c = tanh(r * cand_in) */
+  for (int b = 0; b < B; b++) {
+    const int64_t row = first + b;
+    float pre[3 * D], xhat[3 * D], reset[D], cand_in[D], cand[D], update[D];
+    load_row(3 * D, gru_pre, s->bf16, (int64_t)b * 3 * D, pre);
+    const float mean = s->gru_mean[row], rstd = s->gru_rstd[row];
+#pragma omp simd
+    for (int i = 0; i < 3 * D; i++) xhat[i] = (pre[i] - mean) * rstd;  /* as layer_norm: the same gates */
+    gru_gates(s, xhat, reset, cand_in, cand, update);
+    const float *restrict h_prev = previous_deter(s, t, b), *restrict dh = d_h + (int64_t)b * D;
     float *restrict d_h_prev = s->d_h_prev + (int64_t)b * D;
     float d_gates[3 * D], d_pre[3 * D];
 #pragma omp simd
     for (int d = 0; d < D; d++) {
-      const float d_cand = d_h[d] * update[d];
-      d_h_prev[d] = d_h[d] - d_cand;
+      const float d_cand = dh[d] * update[d];
+      d_h_prev[d] = dh[d] - d_cand;
       const float d_tanh = d_cand * (1.0f - cand[d] * cand[d]);
       d_gates[d] = d_tanh * cand_in[d] * reset[d] * (1.0f - reset[d]);
       d_gates[D + d] = d_tanh * reset[d];
-      d_gates[2 * D + d] = d_h[d] * (cand[d] - h_prev[d]) * update[d] * (1.0f - update[d]);
+      d_gates[2 * D + d] = dh[d] * (cand[d] - h_prev[d]) * update[d] * (1.0f - update[d]);
     }
-    layer_norm_backward(3 * D, d_gates, s->gru_xhat + row * 3 * D, s->g_gru, s->gru_rstd[row], d_pre, s->d_g_gru,
+    layer_norm_backward(3 * D, d_gates, xhat, s->g_gru, rstd, d_pre, s->d_g_gru,
                         s->d_b_gru);
-    for (int i = 0; i < 3 * D; i++) store(s->d_gru_pre, s->bf16, row * 3 * D + i, d_pre[i]);
+    store_row(3 * D, d_pre, s->d_gru_pre, s->bf16, row * 3 * D);
   }
 }
 
-void backward_input(const Scan *s, int t, const void *d_x_h) {
+void backward_input(const Scan *s, int t, const void *d_x_h, const void *gru_pre_previous) {
   const int B = s->B, D = s->D, E = s->E, S = s->S, C = s->C, A = s->A, SC = S * C, K = SC + A;
+  const int64_t first = (int64_t)t * B;
+  /* img_in back to stoch_{t-1}: SiLU, LayerNorm, Linear */
   for (int b = 0; b < B; b++) {
-    const int64_t row = (int64_t)t * B + b;
-    /* img_in back to stoch_{t-1}: SiLU, LayerNorm, Linear */
+    const int64_t row = first + b;
     float d_y[E], xhat[E];
+    load_row(E, d_x_h, s->bf16, (int64_t)b * (E + D), d_y);
     const float *pre = s->in_pre + row * E, mean = s->in_mean[row], rstd = s->in_rstd[row];
+#pragma omp simd
     for (int e = 0; e < E; e++) {
       xhat[e] = (pre[e] - mean) * rstd;
       const float x = xhat[e] * s->g_in[e] + s->b_in[e], sig = sigmoid_f(x);
-      d_y[e] = load(d_x_h, s->bf16, (int64_t)b * (E + D) + e) * sig * (1.0f + x * (1.0f - sig));
+      d_y[e] *= sig * (1.0f + x * (1.0f - sig));
     }
-    float *d_in_pre = s->d_in_pre + row * E;
-    layer_norm_backward(E, d_y, xhat, s->g_in, rstd, d_in_pre, s->d_g_in, s->d_b_in);
-    float *carry_h = s->carry_h + (int64_t)b * D, *carry_z = s->carry_z + (int64_t)b * SC;
-    const float *d_h_prev = s->d_h_prev + (int64_t)b * D;
+    layer_norm_backward(E, d_y, xhat, s->g_in, rstd, s->d_in_pre + row * E, s->d_g_in, s->d_b_in);
+  }
+  matmul(B, E, SC, s->d_in_pre + first * E, E, s->w_in, K, s->carry_z, SC, 0);
+  for (int b = 0; b < B; b++) {
+    float d_h_prev[D];
+    load_row(D, d_x_h, s->bf16, (int64_t)b * (E + D) + E, d_h_prev);
+    const float *restrict from_gru = s->d_h_prev + (int64_t)b * D;
+    float *restrict carry_h = s->carry_h + (int64_t)b * D;
     if (keeps(s, t, b)) {
-      for (int d = 0; d < D; d++) carry_h[d] = d_h_prev[d] + load(d_x_h, s->bf16, (int64_t)b * (E + D) + E + d);
-      vec_mat(E, SC, d_in_pre, s->w_in, K, carry_z, 0);
+#pragma omp simd
+      for (int d = 0; d < D; d++) carry_h[d] = d_h_prev[d] + from_gru[d];
     } else {  /* the row restarted: its previous state is the learned initial state */
-      for (int d = 0; d < D; d++)
-        s->d_init_deter[d] += d_h_prev[d] + load(d_x_h, s->bf16, (int64_t)b * (E + D) + E + d);
+      for (int d = 0; d < D; d++) s->d_init_deter[d] += d_h_prev[d] + from_gru[d];
       memset(carry_h, 0, sizeof(float) * D);
-      memset(carry_z, 0, sizeof(float) * SC);
+      memset(s->carry_z + (int64_t)b * SC, 0, sizeof(float) * SC);
     }
   }
-  if (t > 0) backward_output(s, t - 1);
+  if (t > 0) backward_output(s, t - 1, gru_pre_previous);
 }
