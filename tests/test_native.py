@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
+import torch
 
 import sb3_mamba.native as native
+from sb3_mamba.networks import LayerNormGRUCell
 
 
 @pytest.fixture
@@ -46,3 +50,43 @@ def test_failed_build_warns_and_leaves_nothing(fresh, monkeypatch, tmp_path_fact
     with pytest.warns(RuntimeWarning, match="could not build"):
         assert native.posterior_scan_library() is None
     assert not list(fresh.glob("*"))
+
+
+needs_kernels = pytest.mark.skipif(native.posterior_scan_library() is None, reason="the C kernels did not build")
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gru_cell_kernel_matches_the_module(dtype, threads):
+    """Imagination's no-gradient GRU cell in C equals LayerNormGRUCell's ATen ops (rows split over threads)."""
+    torch.manual_seed(0)
+    cell = LayerNormGRUCell(8, 32)
+    with torch.no_grad():
+        cell.norm.weight.uniform_(0.5, 1.5)
+        cell.norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(1001, 8)  # rows not a multiple of the thread count
+    h = torch.randn(1001, 64)[:, 16:48].tanh()  # a strided state
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+            native_out = cell(x, h)
+            with mock.patch.object(native, "gru_cell", lambda *args: None):
+                aten_out = cell(x, h)
+    finally:
+        torch.set_num_threads(previous)
+    assert native_out.dtype == aten_out.dtype == torch.float32
+    torch.testing.assert_close(native_out, aten_out, rtol=1e-5, atol=2e-6)
+
+
+@needs_kernels
+def test_gru_cell_kernel_only_without_gradients():
+    cell = LayerNormGRUCell(8, 32)
+    x, h = torch.randn(300, 8), torch.randn(300, 32)
+    with mock.patch.object(native, "gru_cell", wraps=native.gru_cell) as kernel:
+        out = cell(x, h)  # parameters need gradients: autograd path
+        assert out.requires_grad and not kernel.called
+        with torch.no_grad():
+            cell(x, h)
+        assert kernel.called

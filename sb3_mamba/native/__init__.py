@@ -27,7 +27,10 @@ import subprocess
 import sysconfig
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 SOURCE = Path(__file__).with_name("posterior_scan.c")
 #: no -ffast-math: NaNs must survive the kernels so MAMBA's finite checks still see them
@@ -107,4 +110,46 @@ def posterior_scan_library() -> ctypes.CDLL | None:
         function = getattr(library, name)
         function.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * pointers
         function.restype = None
+    library.gru_cell_forward.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 2 \
+        + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    library.gru_cell_forward.restype = None
     return library
+
+
+@functools.cache
+def _workers(count: int) -> ThreadPoolExecutor:
+    # ctypes releases the GIL during a foreign call: these threads run the kernels truly in parallel
+    return ThreadPoolExecutor(max_workers=count, thread_name_prefix="sb3_mamba_native")
+
+
+def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+             eps: float) -> torch.Tensor | None:
+    """DreamerV3's GRU cell after its gate layer, without gradients, in C: ``None`` where it does not apply.
+
+    ``pre`` (N, 3D) the gate layer's output (float32 or bfloat16), ``h_prev`` (N, D)
+    float32 -> (N, D): LayerNorm, gates, update as :class:`sb3_mamba.networks.LayerNormGRUCell`
+    (``norm_bias`` as the module's, without the update gate's -1). One pass over
+    the rows instead of ~8 full-size ATen ops (imagination's 8192 x 1536 gates
+    are memory-bound there), the rows split over ``torch.get_num_threads()`` threads.
+    """
+    library = posterior_scan_library()
+    if (library is None or pre.device.type != "cpu" or pre.dtype not in (torch.float32, torch.bfloat16)
+            or h_prev.dtype != torch.float32 or pre.dim() != 2 or h_prev.stride(-1) != 1):
+        return None
+    pre = pre.contiguous()
+    rows, width = pre.shape
+    D = width // 3
+    weight = norm_weight.detach().float().contiguous()
+    bias = norm_bias.detach().float().clone()
+    bias[2 * D:] -= 1.0  # biased towards keeping the state
+    out = torch.empty(rows, D)
+    args = (D, pre.data_ptr(), int(pre.dtype == torch.bfloat16), weight.data_ptr(), bias.data_ptr(), eps,
+            h_prev.data_ptr(), h_prev.stride(0), out.data_ptr())
+    threads = max(1, min(torch.get_num_threads(), rows // 256))
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    others = [_workers(threads - 1).submit(library.gru_cell_forward, bounds[i], bounds[i + 1], *args)
+              for i in range(1, threads)] if threads > 1 else []
+    library.gru_cell_forward(bounds[0], bounds[1], *args)
+    for future in others:
+        future.result()
+    return out

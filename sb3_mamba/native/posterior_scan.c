@@ -197,11 +197,11 @@ static void layer_norm_backward(int W, const float *restrict d_y, const float *r
   }
 }
 
-/* xhat (3D) normalised gate pre-activations -> reset, cand_in, cand = tanh(reset * cand_in), update (D each) */
-static inline void gru_gates(const Scan *s, const float *restrict xhat, float *restrict reset, float *restrict cand_in,
-                             float *restrict cand, float *restrict update) {
-  const int D = s->D;
-  const float *restrict g = s->g_gru, *restrict bias = s->b_gru;
+/* xhat (3D) normalised gate pre-activations -> reset, cand_in, cand = tanh(reset * cand_in), update (D each);
+ * g, bias: the norm's affine parameters, the update gate's -1 folded into bias */
+static inline void gru_gates(int D, const float *restrict g, const float *restrict bias, const float *restrict xhat,
+                             float *restrict reset, float *restrict cand_in, float *restrict cand,
+                             float *restrict update) {
 #pragma omp simd
   for (int d = 0; d < D; d++) {
     reset[d] = sigmoid_f(xhat[d] * g[d] + bias[d]);
@@ -255,7 +255,7 @@ void forward_output(const Scan *s, int t, const void *gru_pre) {
     float pre[3 * D], xhat[3 * D], reset[D], cand_in[D], cand[D], update[D];
     load_row(3 * D, gru_pre, s->bf16, (int64_t)b * 3 * D, pre);
     layer_norm(3 * D, pre, NULL, NULL, s->eps_gru, xhat, NULL, s->gru_mean + row, s->gru_rstd + row);
-    gru_gates(s, xhat, reset, cand_in, cand, update);
+    gru_gates(D, s->g_gru, s->b_gru, xhat, reset, cand_in, cand, update);
     const float *restrict h_prev = previous_deter(s, t, b);
     float *restrict h = s->deter + row * D;
 #pragma omp simd
@@ -366,7 +366,7 @@ void backward_output(const Scan *s, int t, const void *gru_pre) {
     const float mean = s->gru_mean[row], rstd = s->gru_rstd[row];
 #pragma omp simd
     for (int i = 0; i < 3 * D; i++) xhat[i] = (pre[i] - mean) * rstd;  /* as layer_norm: the same gates */
-    gru_gates(s, xhat, reset, cand_in, cand, update);
+    gru_gates(D, s->g_gru, s->b_gru, xhat, reset, cand_in, cand, update);
     const float *restrict h_prev = previous_deter(s, t, b), *restrict dh = d_h + (int64_t)b * D;
     float *restrict d_h_prev = s->d_h_prev + (int64_t)b * D;
     float d_gates[3 * D], d_pre[3 * D];
@@ -418,4 +418,22 @@ void backward_input(const Scan *s, int t, const void *d_x_h, const void *gru_pre
     }
   }
   if (t > 0) backward_output(s, t - 1, gru_pre_previous);
+}
+
+/* -- the GRU cell alone ------------------------------------------------------------------- */
+/* Rows [row_begin, row_end) of an imagination step without gradients: pre (rows, 3D) the gate layer's
+ * output (compute dtype), h_prev (rows, D) with row stride ld_h -> h_out (rows, D). Same arithmetic as
+ * the scan's forward. Thread-safe: callers split the rows between threads. */
+void gru_cell_forward(int row_begin, int row_end, int D, const void *pre, int bf16, const float *g, const float *bias,
+                      float eps, const float *h_prev, int ld_h, float *h_out) {
+  for (int64_t r = row_begin; r < row_end; r++) {
+    float x[3 * D], xhat[3 * D], reset[D], cand_in[D], cand[D], update[D], rstd;
+    load_row(3 * D, pre, bf16, r * 3 * D, x);
+    layer_norm(3 * D, x, NULL, NULL, eps, xhat, NULL, NULL, &rstd);
+    gru_gates(D, g, bias, xhat, reset, cand_in, cand, update);
+    const float *restrict h = h_prev + r * ld_h;
+    float *restrict out = h_out + r * D;
+#pragma omp simd
+    for (int d = 0; d < D; d++) out[d] = h[d] + update[d] * (cand[d] - h[d]);
+  }
 }
