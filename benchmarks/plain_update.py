@@ -11,7 +11,8 @@ implementation (dreamerv3-torch) writes it, on the same modules and parameters:
   the actor re-run for its loss, the critic run twice (targets, loss), each head
   on its own;
 * the GRU cell on ``cat([x, h])`` with ``u * c + (1 - u) * h``, two-hot losses as
-  dense ``(encode(y) * log_softmax).sum(-1)`` and means as ``(softmax * bins).sum(-1)``.
+  dense ``(encode(y) * log_softmax).sum(-1)`` and means as ``(softmax * bins).sum(-1)``;
+* ATen ops only (none of ``sb3_mamba.native``'s C kernels).
 
 ``sb3_mamba`` itself only has the optimised path; ``tests/test_equivalence.py``
 checks that both give the same losses and gradients on the same inputs.
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import sb3_mamba.distributions as distributions
+import sb3_mamba.native as native
 import sb3_mamba.mamba as mamba
 from sb3_mamba.behavior import ActorCritic, ImaginationStarts, frozen, lambda_returns
 from sb3_mamba.distributions import TwoHot
@@ -141,4 +143,5 @@ def plain_update(sampler=multinomial_one_hot) -> Iterator[None]:
         stack.enter_context(mock.patch.object(LayerNormGRUCell, "forward", plain_gru))
         stack.enter_context(mock.patch.object(TwoHot, "log_prob", plain_two_hot_log_prob))
         stack.enter_context(mock.patch.object(TwoHot, "mean", plain_two_hot_mean))
+        stack.enter_context(mock.patch.object(native, "posterior_scan_library", lambda: None))  # no C kernels
         yield

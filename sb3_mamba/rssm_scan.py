@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import sb3_mamba.distributions as distributions
-from sb3_mamba.native import posterior_scan_library
+from sb3_mamba import native
 
 aten = torch.ops.aten
 aten_mkldnn = torch.ops.mkldnn
@@ -311,7 +311,7 @@ def native_library(like: Tensor, compute_dtype: torch.dtype) -> ctypes.CDLL | No
     """The compiled kernels where they apply (CPU, float32 data, float32/bfloat16 matmuls), else None."""
     if like.device.type != "cpu" or like.dtype != torch.float32 or compute_dtype not in (torch.float32, torch.bfloat16):
         return None
-    return posterior_scan_library()
+    return native.posterior_scan_library()
 
 
 class _ScanStruct(ctypes.Structure):

@@ -3,9 +3,9 @@
 ``benchmarks/plain_update.py`` is the plain formulation (per-step prior and
 posterior layers as in the reference, gathered imagination starts, actor and
 critic re-run for their losses). Latent samples are replaced by the mode in both
-paths so the comparison is exact up to float rounding; the posterior unroll runs on
-its ATen ops here (the C kernels sample in C: ``tests/test_rssm_scan.py`` shows
-they equal the ATen path, samples included).
+paths so the comparison is exact up to float rounding; the optimised path runs on
+ATen ops here (the C kernels sample in C: ``tests/test_rssm_scan.py`` and
+``tests/test_native.py`` show they equal the ATen ops, samples included).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 
 import sb3_mamba.distributions as distributions
 import sb3_mamba.mamba as mamba
+import sb3_mamba.native as native
 from benchmarks.plain_update import multinomial_one_hot, plain_update
 from sb3_mamba import MAMBA
-from sb3_mamba.rssm_scan import PosteriorScan
 from tests.test_mamba import TINY, rooms_env
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -39,7 +39,7 @@ def update_losses_and_grads(policy, model: MAMBA, batch, plain: bool):
     torch.manual_seed(0)
     context = plain_update(sampler=mode_one_hot) if plain else mock.patch.object(
         distributions, "one_hot_sample", mode_one_hot)
-    with context, mock.patch.object(PosteriorScan, "native", False):
+    with context, mock.patch.object(native, "posterior_scan_library", lambda: None):
         wm_loss, wm_metrics, post = wm.loss(obs, t["action"], t["reward"], t["terminated"], t["is_first"],
                                             t["mask"], model.wm_indices)
         wm_grads = torch.autograd.grad(wm_loss, list(wm.parameters()), allow_unused=True)

@@ -1,4 +1,5 @@
-"""Building and loading the C kernels: cached, atomic, opt-out, and a clear fallback without a compiler."""
+"""The C kernels: building (cached, atomic, opt-out, a clear fallback without a compiler) and the
+no-gradient GRU cell of imagination against its ATen ops (the scan's: test_rssm_scan.py)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,4 @@ def test_gru_cell_kernel_only_without_gradients():
         with torch.no_grad():
             cell(x, h)
         assert kernel.called
+

@@ -143,13 +143,16 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
     bias = norm_bias.detach().float().clone()
     bias[2 * D:] -= 1.0  # biased towards keeping the state
     out = torch.empty(rows, D)
-    args = (D, pre.data_ptr(), int(pre.dtype == torch.bfloat16), weight.data_ptr(), bias.data_ptr(), eps,
-            h_prev.data_ptr(), h_prev.stride(0), out.data_ptr())
+    _run_rows(library.gru_cell_forward, rows, D, pre.data_ptr(), int(pre.dtype == torch.bfloat16), weight.data_ptr(),
+              bias.data_ptr(), eps, h_prev.data_ptr(), h_prev.stride(0), out.data_ptr())
+    return out
+
+
+def _run_rows(kernel: ctypes._CFuncPtr, rows: int, *args) -> None:
+    """``kernel(begin, end, *args)`` over rows [0, rows), split over ``torch.get_num_threads()`` threads."""
     threads = max(1, min(torch.get_num_threads(), rows // 256))
     bounds = [rows * i // threads for i in range(threads + 1)]
-    others = [_workers(threads - 1).submit(library.gru_cell_forward, bounds[i], bounds[i + 1], *args)
-              for i in range(1, threads)] if threads > 1 else []
-    library.gru_cell_forward(bounds[0], bounds[1], *args)
+    others = [_workers(threads - 1).submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
+    kernel(bounds[0], bounds[1], *args)
     for future in others:
         future.result()
-    return out

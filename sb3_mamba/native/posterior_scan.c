@@ -211,6 +211,48 @@ static inline void gru_gates(int D, const float *restrict g, const float *restri
   }
 }
 
+/* One row of S latents: logits (S * C) -> softmax (S * C), unimix probabilities, and per latent the
+ * class sampled with `uniform` (S,) by inverse CDF as torch.searchsorted (NULL: the mode) -> index (S,)
+ * and its one-hot stoch (S * C) */
+static void sample_latents(int S, int C, float unimix, const float *logits, const float *uniform, float *softmax,
+                           int32_t *index, float *stoch) {
+  for (int i = 0; i < S; i++) {
+    const float *l = logits + i * C;
+    float *p = softmax + i * C;
+    float max = l[0], sum = 0.0f;
+#pragma omp simd reduction(max : max)
+    for (int c = 1; c < C; c++) max = l[c] > max ? l[c] : max;
+#pragma omp simd reduction(+ : sum)
+    for (int c = 0; c < C; c++) sum += (p[c] = exp_f(l[c] - max));
+    const float inverse = 1.0f / sum;
+#pragma omp simd
+    for (int c = 0; c < C; c++) p[c] *= inverse;
+  }
+  if (uniform) {
+    /* the sampled class is the number of CDF values below u: all S latents at once, class by class
+     * (no data-dependent branch); the CDF in double, as torch's CPU cumsum */
+    double cdf[S];
+    for (int i = 0; i < S; i++) cdf[i] = 0.0, index[i] = 0;
+    for (int c = 0; c < C; c++) {
+#pragma omp simd
+      for (int i = 0; i < S; i++) {
+        cdf[i] += (double)(unimix / C + (1.0f - unimix) * softmax[i * C + c]);
+        index[i] += (float)cdf[i] < uniform[i];
+      }
+    }
+    for (int i = 0; i < S; i++) index[i] = index[i] < C - 1 ? index[i] : C - 1;
+  } else {  /* the mode: unimix keeps the order, the first maximum as torch.argmax */
+    for (int i = 0; i < S; i++) {
+      const float *p = softmax + i * C;
+      int chosen = 0;
+      for (int c = 1; c < C; c++) chosen = p[c] > p[chosen] ? c : chosen;
+      index[i] = chosen;
+    }
+  }
+  memset(stoch, 0, sizeof(float) * S * C);
+  for (int i = 0; i < S; i++) stoch[i * C + index[i]] = 1.0f;
+}
+
 static inline int keeps(const Scan *s, int t, int b) { return t > 0 && s->keep[(int64_t)t * s->B + b]; }
 static inline const float *previous_deter(const Scan *s, int t, int b) {
   return keeps(s, t, b) ? s->deter + ((int64_t)(t - 1) * s->B + b) * s->D : s->init_deter;
@@ -274,47 +316,10 @@ void forward_output(const Scan *s, int t, const void *gru_pre) {
     memcpy(logits + (int64_t)b * SC, s->b_out, sizeof(float) * SC);
   }
   matmul(B, E, SC, post_y, E, s->w_out_t, SC, logits, SC, 1);
-  /* unimix softmax per latent, then a one-hot sample (inverse CDF, as torch.searchsorted) or the mode */
   for (int b = 0; b < B; b++) {
     const int64_t row = first + b;
-    float *softmax = s->softmax + row * SC, *stoch = s->stoch + row * SC;
-    for (int i = 0; i < S; i++) {
-      const float *l = s->logits + row * SC + i * C;
-      float *p = softmax + i * C;
-      float max = l[0], sum = 0.0f;
-#pragma omp simd reduction(max : max)
-      for (int c = 1; c < C; c++) max = l[c] > max ? l[c] : max;
-#pragma omp simd reduction(+ : sum)
-      for (int c = 0; c < C; c++) sum += (p[c] = exp_f(l[c] - max));
-      const float inverse = 1.0f / sum;
-#pragma omp simd
-      for (int c = 0; c < C; c++) p[c] *= inverse;
-    }
-    int32_t *index = s->index + row * S;
-    if (s->uniform) {
-      /* the sampled class is the number of CDF values below u: all S latents at once, class by class
-       * (no data-dependent branch); the CDF in double, as torch's CPU cumsum */
-      const float *u = s->uniform + row * S;
-      double cdf[S];
-      for (int i = 0; i < S; i++) cdf[i] = 0.0, index[i] = 0;
-      for (int c = 0; c < C; c++) {
-#pragma omp simd
-        for (int i = 0; i < S; i++) {
-          cdf[i] += (double)(s->unimix / C + (1.0f - s->unimix) * softmax[i * C + c]);
-          index[i] += (float)cdf[i] < u[i];
-        }
-      }
-      for (int i = 0; i < S; i++) index[i] = index[i] < C - 1 ? index[i] : C - 1;
-    } else {
-      for (int i = 0; i < S; i++) {
-        const float *p = softmax + i * C;
-        int chosen = 0;
-        for (int c = 1; c < C; c++) chosen = p[c] > p[chosen] ? c : chosen;
-        index[i] = chosen;
-      }
-    }
-    memset(stoch, 0, sizeof(float) * SC);
-    for (int i = 0; i < S; i++) stoch[i * C + index[i]] = 1.0f;
+    sample_latents(S, C, s->unimix, s->logits + row * SC, s->uniform ? s->uniform + row * S : NULL,
+                   s->softmax + row * SC, s->index + row * S, s->stoch + row * SC);
   }
   if (t + 1 < s->T) forward_input(s, t + 1);
 }
