@@ -93,7 +93,9 @@ class MAMBA(BaseAlgorithm):
         as DreamerV3 computes. Pays on GPUs and on CPUs with AVX512-BF16/AMX (see benchmarks/).
     :param policy_kwargs: further :class:`RSSMPolicy` arguments (layers, encoder sizes, unimix, eps).
     :param tensorboard_log, verbose, seed, device: as in SB3. On CPU, the process keeps freed memory in
-        its heap for the update's large temporaries (:mod:`sb3_mamba.cpu`; ``SB3_MAMBA_TUNE_MALLOC=0`` opts out).
+        its heap for the update's large temporaries (:mod:`sb3_mamba.cpu`; ``SB3_MAMBA_TUNE_MALLOC=0`` opts out),
+        and the RSSM unroll and imagination's GRU cell run on C kernels built on first use with the
+        system C compiler (:mod:`sb3_mamba.native`; ``SB3_MAMBA_NATIVE=0`` opts out, ATen ops then).
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
