@@ -3,6 +3,8 @@ no-gradient GRU cell of imagination against its ATen ops (the scan's: test_rssm_
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from unittest import mock
 
 import pytest
@@ -92,3 +94,24 @@ def test_gru_cell_kernel_only_without_gradients():
             cell(x, h)
         assert kernel.called
 
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_row_split_in_a_forked_child():
+    """A child forked after the worker threads started gets its own pool (the parent's threads do not
+    exist there: reusing its pool would wait forever)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert sorted(_split_rows()) == [(0, 500), (500, 1000)]  # the parent's worker thread is running
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert sorted(pool.apply_async(_split_rows).get(timeout=60)) == [(0, 500), (500, 1000)]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _split_rows() -> list[tuple[int, int]]:
+    torch.set_num_threads(2)  # (only the setting: no torch op runs in the forked child)
+    ranges = []
+    native._run_rows(lambda begin, end: ranges.append((begin, end)), 1000)
+    return ranges

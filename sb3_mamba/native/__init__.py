@@ -117,8 +117,9 @@ def posterior_scan_library() -> ctypes.CDLL | None:
 
 
 @functools.cache
-def _workers(count: int) -> ThreadPoolExecutor:
-    # ctypes releases the GIL during a foreign call: these threads run the kernels truly in parallel
+def _workers(count: int, pid: int) -> ThreadPoolExecutor:
+    # ctypes releases the GIL during a foreign call: these threads run the kernels truly in parallel.
+    # Keyed by process: a forked child has none of its parent's threads, so it needs its own pool.
     return ThreadPoolExecutor(max_workers=count, thread_name_prefix="sb3_mamba_native")
 
 
@@ -152,7 +153,8 @@ def _run_rows(kernel: ctypes._CFuncPtr, rows: int, *args) -> None:
     """``kernel(begin, end, *args)`` over rows [0, rows), split over ``torch.get_num_threads()`` threads."""
     threads = max(1, min(torch.get_num_threads(), rows // 256))
     bounds = [rows * i // threads for i in range(threads + 1)]
-    others = [_workers(threads - 1).submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
+    pool = _workers(threads - 1, os.getpid()) if threads > 1 else None
+    others = [pool.submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, threads)]
     kernel(bounds[0], bounds[1], *args)
     for future in others:
         future.result()
