@@ -13,7 +13,9 @@ Prints each table and writes ``benchmarks/results/benchmark_<tag>.json`` and ``.
   step (heads, losses, backward, Adam), imagination (forward) and the rest of the
   actor-critic step; for the plain eager formulation (``benchmarks/plain_update.py``,
   measured in the same run as the baseline), the optimised float32 path and bfloat16
-  autocast. Each case runs in its own process, so its peak memory is its own.
+  autocast; on Rooms-3 and PRN also the plain formulation under bfloat16 autocast (the
+  bfloat16 mode's like-for-like baseline). Each case runs in its own process, so its
+  peak memory is its own.
 * **scaling**: update cost against H' = 50 ... 800 and its least-squares slope.
 * **schedule**: wall time of all updates of a full run with the world-model horizon
   schedule against a fixed H' = H, from the fitted cost model.
@@ -54,6 +56,8 @@ VANILLA = dict(units=512, dyn_deter=512, dyn_stoch=32, dyn_discrete=32, dyn_hidd
 QUICK = dict(units=32, dyn_deter=32, dyn_stoch=4, dyn_discrete=4, dyn_hidden=16, batch_size=4,
              policy_kwargs=dict(encoder_units=32, encoder_layers=1))
 MODES = ("plain", "optimised", "bfloat16")
+#: + the plain formulation under bfloat16 autocast: the like-for-like baseline of the bfloat16 mode
+MODES_WITH_PLAIN_BF16 = ("plain", "plain_bfloat16", "optimised", "bfloat16")
 
 
 # -- building and timing -------------------------------------------------------------------------
@@ -77,8 +81,8 @@ def sync(model: MAMBA) -> None:
 
 
 def mode_context(model: MAMBA, mode: str):
-    model.precision = "bfloat16" if mode == "bfloat16" else "float32"
-    return plain_update() if mode == "plain" else contextlib.nullcontext()
+    model.precision = "bfloat16" if mode.endswith("bfloat16") else "float32"
+    return plain_update() if mode.startswith("plain") else contextlib.nullcontext()
 
 
 def time_forward_parts(model: MAMBA, repeats: int) -> tuple[float, float]:
@@ -140,7 +144,7 @@ def time_updates(model: MAMBA, modes: tuple[str, ...], prefix: int | None, updat
                   "mean_wall_s_per_update": float(np.mean(times["wall"])),
                   "world_model_s": float(np.median(times["world_model"])),
                   "actor_critic_s": float(np.median(times["actor_critic"]))}
-        if mode != "plain":  # (the plain formulation imagines inside its loss: no separate split)
+        if not mode.startswith("plain"):  # (the plain formulation imagines inside its loss: no separate split)
             with mode_context(model, mode):
                 unroll, imagine = time_forward_parts(model, max(2, updates // 2))
             result.update(rssm_unroll_s=unroll, wm_rest_s=result["world_model_s"] - unroll, imagination_s=imagine,
@@ -157,10 +161,12 @@ def peak_rss_mb() -> float:
 def update_cases(quick: bool) -> list[dict[str, Any]]:
     if quick:
         return [{"name": "Rooms-3 MAMBA (quick)", "env": "MetaRooms-3-v0", "env_kwargs": {"sub_episode_length": 10},
-                 "preset": "mamba", "sizes": "QUICK", "prefixes": [10, 20]}]
+                 "preset": "mamba", "sizes": "QUICK", "prefixes": [10, 20], "modes": MODES_WITH_PLAIN_BF16}]
     return [
-        {"name": "Rooms-3 MAMBA", "env": "MetaRooms-3-v0", "preset": "mamba", "sizes": "PAPER", "prefixes": [50, 200]},
-        {"name": "PRN MAMBA", "env": "MetaPointRobot-v0", "preset": "mamba", "sizes": "PAPER", "prefixes": [300]},
+        {"name": "Rooms-3 MAMBA", "env": "MetaRooms-3-v0", "preset": "mamba", "sizes": "PAPER", "prefixes": [50, 200],
+         "modes": MODES_WITH_PLAIN_BF16},
+        {"name": "PRN MAMBA", "env": "MetaPointRobot-v0", "preset": "mamba", "sizes": "PAPER", "prefixes": [300],
+         "modes": MODES_WITH_PLAIN_BF16},
         {"name": "Rooms-3 Dreamer-Tune", "env": "MetaRooms-3-v0", "preset": "dreamer_tune", "sizes": "PAPER",
          "prefixes": [None]},
         {"name": "Rooms-3 Dreamer-Vanilla sizes", "env": "MetaRooms-3-v0", "preset": "dreamer_vanilla",
@@ -181,7 +187,8 @@ def run_update_case(case: dict[str, Any], device: str, updates: int, quick: bool
     rows = []
     for prefix in case["prefixes"]:
         rss_before = peak_rss_mb()
-        results = time_updates(model, MODES, prefix, case.get("updates", updates), warmup=1 if quick else 2)
+        results = time_updates(model, tuple(case.get("modes", MODES)), prefix, case.get("updates", updates),
+                               warmup=1 if quick else 2)
         for mode, result in results.items():
             rows.append({"case": case["name"], "H": model.meta_episode_length,
                          "H_prime": prefix or model.batch_length, "mode": mode, **result,
@@ -291,13 +298,19 @@ def section_acting(args) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# sb3-mamba benchmark ({report['device']}, torch {report['torch']}, {report['threads']} threads)", ""]
     lines += ["## Seconds per gradient update", "",
-              "| case | H' | mode | s/update | x plain | RSSM unroll | WM rest | imagination | AC rest | peak RSS MB |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    plain = {(r["case"], r["H_prime"]): r["s_per_update"] for r in report["update"] if r["mode"] == "plain"}
+              "| case | H' | mode | s/update | x plain | x plain, same precision | RSSM unroll | WM rest | "
+              "imagination | AC rest | peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    seconds = {(r["case"], r["H_prime"], r["mode"]): r["s_per_update"] for r in report["update"]}
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in report["update"]:
-        ratio = plain[(r["case"], r["H_prime"])] / r["s_per_update"]
+        key = (r["case"], r["H_prime"])
+        ratio = seconds[(*key, "plain")] / r["s_per_update"]
+        # bfloat16 against the plain formulation under the same autocast, where the case measured it
+        same = seconds.get((*key, "plain_bfloat16" if r["mode"].endswith("bfloat16") else "plain"))
+        same_ratio = "-" if same is None else f"{same / r['s_per_update']:.2f}x"
         lines.append(f"| {r['case']} | {r['H_prime']} | {r['mode']} | {r['s_per_update']:.3f} | {ratio:.2f}x | "
+                     f"{same_ratio} | "
                      f"{fmt(r.get('rssm_unroll_s'))} | {fmt(r.get('wm_rest_s'))} | {fmt(r.get('imagination_s'))} | "
                      f"{fmt(r.get('ac_rest_s'))} | {r['peak_rss_mb']:.0f} |")
     if report.get("reference_cpu"):
