@@ -325,12 +325,14 @@ class _ScanStruct(ctypes.Structure):
     _fields_ = ([(name, ctypes.c_int) for name in ("T", "B", "D", "E", "S", "C", "A", "bf16")]
                 + [(name, ctypes.c_float) for name in ("unimix", "grad_scale", "eps_in", "eps_gru", "eps_post")]
                 + [(name, ctypes.c_void_p) for name in (
-                    "w_in", "w_in_t", "g_in", "b_in", "g_gru", "b_gru", "w_pd", "w_pd_t", "g_post", "b_post", "w_out",
-                    "w_out_t", "b_out", "init_deter", "init_index", "embed_proj", "action", "uniform", "keep",
-                    "z_action", "x_h", "in_pre", "in_mean", "in_rstd", "gru_mean", "gru_rstd", "deter", "post_pre", "post_mean", "post_rstd", "post_y", "logits", "softmax",
-                    "stoch", "index", "grad_deter", "grad_stoch", "grad_logits", "d_logits", "d_post_pre", "d_in_pre",
-                    "d_gru_pre", "d_g_in", "d_b_in", "d_g_gru", "d_b_gru", "d_g_post", "d_b_post", "d_init_deter",
-                    "carry_h", "carry_z", "d_h_prev")])
+                    "w_in", "w_in_t", "g_in", "b_in", "g_gru", "b_gru", "w_pd", "w_pd_t", "g_post", "b_post",
+                    "w_out", "w_out_t", "b_out", "init_deter", "init_index",  # weights
+                    "embed_proj", "action", "uniform", "keep",  # inputs
+                    "z_action", "x_h", "in_pre", "in_mean", "in_rstd", "gru_mean", "gru_rstd", "deter", "post_pre",
+                    "post_mean", "post_rstd", "post_y", "logits", "softmax", "stoch", "index",  # forward
+                    "grad_deter", "grad_stoch", "grad_logits", "d_logits", "d_post_pre", "d_in_pre", "d_gru_pre",
+                    "d_g_in", "d_b_in", "d_g_gru", "d_b_gru", "d_g_post", "d_b_post", "d_init_deter", "carry_h",
+                    "carry_z", "d_h_prev")])  # backward
 
     def point(self, **tensors: Tensor | None) -> None:
         """Set pointer fields to the tensors' data (the caller keeps the tensors alive)."""
@@ -389,7 +391,8 @@ class NativeScan:
         deter, stoch, logits = (tensors.pop(key) for key in ("deter", "stoch", "logits"))
         scan.point(stoch=None, logits=None)
         ctx.save_for_backward(deter)
-        ctx.library, ctx.scan, ctx.tensors, ctx.gru_pre, ctx.mm, ctx.gru_mm = library, scan, tensors, gru_pre, mm, gru_mm
+        ctx.library, ctx.scan, ctx.tensors, ctx.gru_pre = library, scan, tensors, gru_pre
+        ctx.mm, ctx.gru_mm = mm, gru_mm
         ctx.gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B, in_compute_dtype=True)
         return deter, stoch.view(T, B, S, C), logits.view(T, B, S, C)
 

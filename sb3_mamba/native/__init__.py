@@ -4,15 +4,17 @@ The RSSM posterior unroll runs one step at a time, on 16 rows: through ATen
 each step is ~30 small ops forward and ~35 backward at 3-15 us each, more
 than the step's two matmuls. ``posterior_scan.c`` fuses each step's
 elementwise work, layer norms and small layers into one call; the GRU's
-matmuls stay in torch (oneDNN). Like torch's own inductor or
-``cpp_extension``, the source is compiled on the machine it runs on
-(``-march=native``), once: the shared library is cached under
-``$SB3_MAMBA_CACHE_DIR`` (default ``~/.cache/sb3_mamba``), keyed by the
-source, flags, compiler and CPU, and written atomically.
+matmuls stay in torch (oneDNN). Its GRU gates also serve imagination's GRU
+cell without gradients (:func:`gru_cell`: 8192 x 1536 gates in one pass).
+Like torch's own inductor or ``cpp_extension``, the source is compiled on
+the machine it runs on (``-march=native``), once: the shared library is
+cached under ``$SB3_MAMBA_CACHE_DIR`` (default ``~/.cache/sb3_mamba``),
+keyed by the source, flags, compiler and CPU, and written atomically.
 
 Without a C compiler (or with ``SB3_MAMBA_NATIVE=0``) everything runs on
-ATen ops instead, with the same results (``tests/test_rssm_scan.py``); a
-failed build says so once with a warning.
+ATen ops instead, with the same results (``tests/test_rssm_scan.py``,
+``tests/test_native.py``); a missing compiler or a failed build says so once
+with a warning.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -134,12 +137,12 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
     are memory-bound there), the rows split over ``torch.get_num_threads()`` threads.
     """
     library = posterior_scan_library()
-    if (library is None or pre.device.type != "cpu" or pre.dtype not in (torch.float32, torch.bfloat16)
-            or h_prev.dtype != torch.float32 or pre.dim() != 2 or h_prev.stride(-1) != 1):
+    if (library is None or pre.device.type != "cpu" or h_prev.device.type != "cpu" or pre.dim() != 2
+            or pre.dtype not in (torch.float32, torch.bfloat16) or h_prev.dtype != torch.float32
+            or 3 * h_prev.shape[-1] != pre.shape[1] or h_prev.shape[0] != pre.shape[0] or h_prev.stride(-1) != 1):
         return None
     pre = pre.contiguous()
-    rows, width = pre.shape
-    D = width // 3
+    rows, D = h_prev.shape
     weight = norm_weight.detach().float().contiguous()
     bias = norm_bias.detach().float().clone()
     bias[2 * D:] -= 1.0  # biased towards keeping the state
@@ -149,7 +152,7 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
     return out
 
 
-def _run_rows(kernel: ctypes._CFuncPtr, rows: int, *args) -> None:
+def _run_rows(kernel: Callable[..., None], rows: int, *args: Any) -> None:
     """``kernel(begin, end, *args)`` over rows [0, rows), split over ``torch.get_num_threads()`` threads."""
     threads = max(1, min(torch.get_num_threads(), rows // 256))
     bounds = [rows * i // threads for i in range(threads + 1)]
