@@ -120,13 +120,10 @@ class PosteriorScan(torch.autograd.Function):
     returns their gradients; the modules only provide shapes and eps.
     """
 
-    #: use the C kernels (:mod:`sb3_mamba.native`) on CPU where they build (False: ATen ops only)
-    native: bool = True
-
     @staticmethod
     def forward(ctx: Any, rssm: Any, sample: bool, compute_dtype: torch.dtype, embed_proj: Tensor, action: Tensor,
                 keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
-        library = native_library(embed_proj, compute_dtype) if PosteriorScan.native else None
+        library = native_library(embed_proj, compute_dtype)
         ctx.native = library is not None
         # autocast off: _Matmul applies the compute dtype, the rest stays float32
         with torch.autocast(embed_proj.device.type, enabled=False):
