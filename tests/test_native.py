@@ -115,3 +115,10 @@ def _split_rows() -> list[tuple[int, int]]:
     ranges = []
     native._run_rows(lambda begin, end: ranges.append((begin, end)), 1000)
     return ranges
+
+
+def test_gru_cell_off_the_cpu_never_builds_the_kernels():
+    """A GPU run must not try to compile (or warn about) CPU kernels it cannot use."""
+    pre, h = torch.empty(4, 96, device="meta"), torch.empty(4, 32, device="meta")
+    with mock.patch.object(native, "posterior_scan_library", side_effect=AssertionError("built")):
+        assert native.gru_cell(pre, h, torch.ones(96), torch.zeros(96), 1e-3) is None
