@@ -310,8 +310,10 @@ def scan_weights(rssm: Any) -> tuple[Tensor, ...]:
 
 # -- the C kernels' path -----------------------------------------------------------------------------
 def native_library(like: Tensor, compute_dtype: torch.dtype) -> ctypes.CDLL | None:
-    """The compiled kernels where they apply (CPU, float32 data, float32/bfloat16 matmuls), else None."""
-    if like.device.type != "cpu" or like.dtype != torch.float32 or compute_dtype not in (torch.float32, torch.bfloat16):
+    """The compiled kernels where they apply (CPU, float32 (T, B, ...) data with T, B > 0, float32/bfloat16
+    matmuls), else None."""
+    if (like.device.type != "cpu" or like.dtype != torch.float32 or like.shape[0] == 0 or like.shape[1] == 0
+            or compute_dtype not in (torch.float32, torch.bfloat16)):
         return None
     return native.posterior_scan_library()
 
