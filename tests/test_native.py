@@ -3,6 +3,7 @@ no-gradient GRU cell of imagination against its ATen ops (the scan's: test_rssm_
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 from unittest import mock
@@ -122,3 +123,25 @@ def test_gru_cell_off_the_cpu_never_builds_the_kernels():
     pre, h = torch.empty(4, 96, device="meta"), torch.empty(4, 32, device="meta")
     with mock.patch.object(native, "posterior_scan_library", side_effect=AssertionError("built")):
         assert native.gru_cell(pre, h, torch.ones(96), torch.zeros(96), 1e-3) is None
+
+
+def test_the_self_check_catches_a_wrong_kernel():
+    class ZeroingLibrary:  # a "miscompiled" GRU kernel: writes zeros
+        @staticmethod
+        def gru_cell_forward(begin, end, D, *args):
+            ctypes.memset(args[-1], 0, (end - begin) * D * 4)
+
+    assert not native._agrees_with_aten(ZeroingLibrary())
+
+
+@needs_kernels
+def test_kernels_that_disagree_with_aten_are_not_used(fresh, monkeypatch):
+    """A library that fails the self-check is refused with a warning, not trained with."""
+    monkeypatch.setattr(native, "_agrees_with_aten", lambda library: False)
+    with pytest.warns(RuntimeWarning, match="disagree"):
+        assert native.posterior_scan_library() is None
+
+
+@needs_kernels
+def test_the_built_kernels_pass_their_self_check():
+    assert native._agrees_with_aten(native.posterior_scan_library())

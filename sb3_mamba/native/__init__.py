@@ -9,12 +9,13 @@ cell without gradients (:func:`gru_cell`: 8192 x 1536 gates in one pass).
 Like torch's own inductor or ``cpp_extension``, the source is compiled on
 the machine it runs on (``-march=native``), once: the shared library is
 cached under ``$SB3_MAMBA_CACHE_DIR`` (default ``~/.cache/sb3_mamba``),
-keyed by the source, flags, compiler and CPU, and written atomically.
+keyed by the source, flags, compiler and CPU, and written atomically. Once
+loaded, a self-check against ATen on fixed inputs refuses a miscompiled build.
 
 Without a C compiler (or with ``SB3_MAMBA_NATIVE=0``) everything runs on
 ATen ops instead, with the same results (``tests/test_rssm_scan.py``,
-``tests/test_native.py``); a missing compiler or a failed build says so once
-with a warning.
+``tests/test_native.py``); a missing compiler, a failed build or a failed
+self-check says so once with a warning.
 """
 
 from __future__ import annotations
@@ -116,7 +117,28 @@ def posterior_scan_library() -> ctypes.CDLL | None:
     library.gru_cell_forward.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 2 \
         + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     library.gru_cell_forward.restype = None
+    if not _agrees_with_aten(library):
+        warnings.warn("sb3-mamba: its C kernels disagree with ATen on this machine (compiler or CPU issue); "
+                      "the RSSM unroll runs on slower ATen ops.", RuntimeWarning, stacklevel=2)
+        return None
     return library
+
+
+def _agrees_with_aten(library: ctypes.CDLL) -> bool:
+    """A miscompiled kernel must not train silently wrong: the GRU cell (LayerNorm, exp-based gates and
+    update, which the scan's kernels share) on fixed inputs (no RNG draw) against torch's ops."""
+    D = 24
+    pre = torch.linspace(-3.0, 3.0, 5 * 3 * D).reshape(5, 3 * D).sin() * 4
+    h = torch.linspace(-1.0, 1.0, 5 * D).reshape(5, D)
+    weight, bias = torch.linspace(0.5, 1.5, 3 * D), torch.linspace(-0.5, 0.5, 3 * D)
+    folded = bias.clone()
+    folded[2 * D:] -= 1.0
+    out = torch.empty(5, D)
+    library.gru_cell_forward(0, 5, D, pre.data_ptr(), 0, weight.data_ptr(), folded.data_ptr(), 1e-3, h.data_ptr(), D,
+                             out.data_ptr())
+    reset, candidate, update = torch.nn.functional.layer_norm(pre, (3 * D,), weight, bias, 1e-3).split(D, dim=-1)
+    expected = torch.lerp(h, torch.tanh(torch.sigmoid(reset) * candidate), torch.sigmoid(update - 1.0))
+    return bool(torch.allclose(out, expected, rtol=1e-5, atol=1e-5))
 
 
 @functools.cache
