@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import sb3_mamba.distributions as distributions
-import sb3_mamba.native as native
 import sb3_mamba.mamba as mamba
+import sb3_mamba.native as native
 from sb3_mamba.behavior import ActorCritic, ImaginationStarts, frozen, lambda_returns
 from sb3_mamba.distributions import TwoHot
 from sb3_mamba.networks import LayerNormGRUCell

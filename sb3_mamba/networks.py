@@ -62,6 +62,15 @@ def mlp_outputs(x: Tensor, mlps: Sequence[nn.Sequential]) -> list[Tensor]:
 class LayerNormGRUCell(nn.Module):
     """DreamerV3's GRU cell: one fused Linear + LayerNorm for the three gates, update bias -1."""
 
+    #: added to the update gate's pre-activation: biased towards keeping the state
+    UPDATE_OFFSET = -1.0
+
+    @classmethod
+    def fold_update_offset(cls, norm_bias: Tensor) -> Tensor:
+        """The norm's (3D,) bias with :attr:`UPDATE_OFFSET` added to the update gate's third (a new tensor)."""
+        D = norm_bias.shape[0] // 3
+        return torch.cat([norm_bias[: 2 * D], norm_bias[2 * D:] + cls.UPDATE_OFFSET]).detach()
+
     def __init__(self, input_dim: int, hidden_dim: int):
         super().__init__()
         self.hidden_dim = hidden_dim
@@ -85,11 +94,12 @@ class LayerNormGRUCell(nn.Module):
         else:
             gates = F.linear(x, self.linear.weight[:, : -self.hidden_dim]) + hidden_proj
         if not (torch.is_grad_enabled() and (gates.requires_grad or h.requires_grad)):
-            h_next = native.gru_cell(gates, h, self.norm.weight, self.norm.bias, self.norm.eps)
+            h_next = native.gru_cell(gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
+                                     self.norm.eps)
             if h_next is not None:  # the C kernel (CPU, no gradients): one pass instead of ~8 ops
                 return h_next
         reset, candidate, update = self.norm(gates).split(self.hidden_dim, dim=-1)
         reset = torch.sigmoid(reset)
         candidate = torch.tanh(reset * candidate)
-        update = torch.sigmoid(update - 1.0)  # biased towards keeping the state
+        update = torch.sigmoid(update + self.UPDATE_OFFSET)
         return torch.lerp(h, candidate, update)  # = update * candidate + (1 - update) * h, one kernel

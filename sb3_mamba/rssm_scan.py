@@ -39,6 +39,7 @@ from torch import Tensor
 
 import sb3_mamba.distributions as distributions
 from sb3_mamba import native
+from sb3_mamba.networks import LayerNormGRUCell
 
 aten = torch.ops.aten
 aten_mkldnn = torch.ops.mkldnn
@@ -166,7 +167,7 @@ class PosteriorScan(torch.autograd.Function):
         saved: dict[str, list[Tensor]] = {k: [] for k in _SAVED}
         init_deter, init_stoch = initial_deter.expand(B, D), initial_stoch.expand(B, SC)
         # the update gate's -1 (biased towards keeping the state) folded into the norm's bias
-        b_gru_update = torch.cat([b_gru[: 2 * D], b_gru[2 * D :] - 1.0]).detach()
+        b_gru_update = LayerNormGRUCell.fold_update_offset(b_gru)
         uniform_mix = embed_proj.new_full((B, S, C), unimix / C)
         sampler = distributions.one_hot_sample if sample else distributions.one_hot_mode
         h, z = init_deter, init_stoch
@@ -363,7 +364,7 @@ class NativeScan:
         new = functools.partial(torch.empty, dtype=torch.float32)
         tensors = dict(  # everything the kernels read or write, kept alive in ctx
             w_in=w_in, w_in_t=w_in.t().contiguous(), g_in=g_in, b_in=b_in, g_gru=g_gru,
-            b_gru=torch.cat([b_gru[: 2 * D], b_gru[2 * D:] - 1.0]),  # the update gate's -1 folded in
+            b_gru=LayerNormGRUCell.fold_update_offset(b_gru),  # the update gate's -1 folded in
             w_pd=w_pd, w_pd_t=w_pd.t().contiguous(), g_post=g_post, b_post=b_post, w_out=w_out,
             w_out_t=w_out.t().contiguous(), b_out=b_out, init_deter=initial_deter.detach().contiguous(),
             init_index=initial_stoch.view(S, C).argmax(-1).int(), embed_proj=embed_proj.detach().contiguous(),

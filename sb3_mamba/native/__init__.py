@@ -154,7 +154,8 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
 
     ``pre`` (N, 3D) the gate layer's output (float32 or bfloat16), ``h_prev`` (N, D)
     float32 -> (N, D): LayerNorm, gates, update as :class:`sb3_mamba.networks.LayerNormGRUCell`
-    (``norm_bias`` as the module's, without the update gate's -1). One pass over
+    (``norm_bias`` with the update gate's offset folded in:
+    ``LayerNormGRUCell.fold_update_offset``). One pass over
     the rows instead of ~8 full-size ATen ops (imagination's 8192 x 1536 gates
     are memory-bound there), the rows split over ``torch.get_num_threads()`` threads.
     """
@@ -168,8 +169,7 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
     pre = pre.contiguous()
     rows, D = h_prev.shape
     weight = norm_weight.detach().float().contiguous()
-    bias = norm_bias.detach().float().clone()
-    bias[2 * D:] -= 1.0  # biased towards keeping the state
+    bias = norm_bias.detach().float().contiguous()
     out = torch.empty(rows, D)
     _run_rows(library.gru_cell_forward, rows, D, pre.data_ptr(), int(pre.dtype == torch.bfloat16), weight.data_ptr(),
               bias.data_ptr(), eps, h_prev.data_ptr(), h_prev.stride(0), out.data_ptr())
