@@ -156,20 +156,51 @@ class ActorCritic(nn.Module):
         feat0 = RSSM.feat({"deter": deter0, "stoch": stoch0})  # (M, F)
         actor_out = [start.take(self.actor(feat0))]
         through_model = torch.is_grad_enabled() and not self.discrete
+        # A discrete first action takes one of A values, so the first step's deterministic state
+        # depends only on the (start state, action) pair: computed once per distinct pair.
+        first_step_per_pair = self.discrete and start.index is not None
         with torch.set_grad_enabled(through_model):
-            deter_proj = start.take(rssm.gru.project_hidden(deter0))  # (N, 3D)
-        state = {"deter": start.take(deter0), "stoch": start.take(stoch0)}
+            deter_proj = rssm.gru.project_hidden(deter0)  # (M, 3D)
+        if not first_step_per_pair:
+            state = {"deter": start.take(deter0), "stoch": start.take(stoch0)}
+            deter_proj = start.take(deter_proj)  # (N, 3D)
         feats, actions = [], []
         for t in range(horizon):
             dist = self._dist(actor_out[-1])
             with torch.set_grad_enabled(through_model):
                 action = dist.rsample() if through_model else dist.sample()
-                state = rssm.img_step(state, action, deter_proj=deter_proj if t == 0 else None)
+                if t == 0 and first_step_per_pair:
+                    state, deter_proj = self._first_step_per_pair(rssm, start, deter_proj, action, horizon > 1)
+                else:
+                    state = rssm.img_step(state, action, deter_proj=deter_proj)
+                    deter_proj = None
                 feats.append(RSSM.feat(state))
             actions.append(action)
             if t < horizon - 1:
                 actor_out.append(self.actor(feats[-1]))
         return feat0, torch.stack(feats), torch.stack(actions), torch.stack(actor_out)
+
+    @staticmethod
+    def _first_step_per_pair(rssm: RSSM, start: ImaginationStarts, deter_proj: Tensor, action: Tensor,
+                             project_next: bool) -> tuple[State, Tensor | None]:
+        """The first imagination step of one-hot ``action`` (N, A) from N starts, without gradients.
+
+        The GRU step, the prior's logits and (if ``project_next``) the next step's
+        ``project_hidden`` run once per distinct (start state, action) pair, P <= min(N, M * A)
+        rows; the latent is drawn for each start, with the same random numbers as a step over
+        all N rows. ``deter_proj`` (M, 3D) is the start states' ``project_hidden``.
+        Returns the state (N rows) and the next step's ``deter_proj`` (N, 3D) or None.
+        """
+        num_actions = action.shape[-1]
+        pairs, pair_of_start = torch.unique(start.index * num_actions + action.argmax(-1), return_inverse=True)
+        state_of_pair = pairs // num_actions  # (P,)
+        pair_action = torch.zeros(len(pairs), num_actions, dtype=action.dtype, device=action.device)
+        pair_action.scatter_(1, (pairs % num_actions).unsqueeze(1), 1.0)  # (P, A) one-hot
+        pair_start = {"deter": start.deter[state_of_pair], "stoch": start.stoch[state_of_pair]}
+        deter = rssm.deter_step(pair_start, pair_action, deter_proj[state_of_pair])  # (P, D)
+        stoch, logits = rssm.prior(deter, rows=pair_of_start)  # (N, S, C)
+        next_proj = rssm.gru.project_hidden(deter)[pair_of_start] if project_next else None
+        return {"deter": deter[pair_of_start], "stoch": stoch, "logits": logits}, next_proj
 
     def losses(self, world_model, start: ImaginationStarts | State, horizon: int, discount: float, lam: float,
                entropy: float, slow_reg: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -73,7 +73,7 @@ class RSSM(nn.Module):
             "logits": logits.expand(batch_size, -1, -1),
         }
 
-    def _deter_step(self, state: State, action: Tensor, deter_proj: Tensor | None = None) -> Tensor:
+    def deter_step(self, state: State, action: Tensor, deter_proj: Tensor | None = None) -> Tensor:
         """(B, ...) state, (B, A) action -> (B, D) next deterministic state.
 
         ``deter_proj`` = ``gru.project_hidden(state["deter"])`` when already known.
@@ -83,9 +83,18 @@ class RSSM(nn.Module):
 
     def img_step(self, state: State, action: Tensor, sample: bool = True, deter_proj: Tensor | None = None) -> State:
         """Prior step: (B, ...) state, (B, A) action -> next state without an observation."""
-        deter = self._deter_step(state, action, deter_proj)
-        stoch, logits = self._latent(self.prior_net(deter), sample)
+        deter = self.deter_step(state, action, deter_proj)
+        stoch, logits = self.prior(deter, sample)
         return {"deter": deter, "stoch": stoch, "logits": logits}
+
+    def prior(self, deter: Tensor, sample: bool = True, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(B, D) deterministic states -> the prior's latent (B, S, C) (a sample or the mode) and logits.
+
+        With ``rows`` (N,) indexing the B states, the logits are computed once per state and
+        the latent is drawn for each of the N rows: (N, S, C).
+        """
+        logits = self.prior_net(deter)
+        return self._latent(logits if rows is None else logits[rows], sample)
 
     def _reset(self, state: State, action: Tensor, is_first: Tensor) -> tuple[State, Tensor]:
         """Replace the state by the initial one (and the action by zeros) where ``is_first``."""
@@ -108,7 +117,7 @@ class RSSM(nn.Module):
             state, action = self.initial(action.shape[0]), torch.zeros_like(action)
         elif is_first is not None:
             state, action = self._reset(state, action, is_first)
-        deter = self._deter_step(state, action)
+        deter = self.deter_step(state, action)
         stoch, logits = self._latent(self.post_net(self.post_deter(deter) + embed_proj), sample)
         return {"deter": deter, "stoch": stoch, "logits": logits}
 

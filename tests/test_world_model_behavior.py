@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from sb3_mamba.behavior import ActorCritic, ReturnNormalizer, frozen, lambda_returns
+from sb3_mamba.behavior import ActorCritic, ImaginationStarts, ReturnNormalizer, frozen, lambda_returns
 from sb3_mamba.mamba import _imagination_starts
 from sb3_mamba.world_model import WorldModel, split_observation_space
 
@@ -159,3 +159,54 @@ def test_mlp_outputs_equal_each_network_on_its_own():
         torch.testing.assert_close(merged, alone)
     for merged, alone in zip(mlp_outputs(x, nets[:3]), [net(x) for net in nets[:3]], strict=True):
         torch.testing.assert_close(merged, alone)
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_discrete_first_imagination_step_once_per_state_action_pair(horizon):
+    """Imagination from indexed starts (a discrete actor) equals the rollout from the gathered starts.
+
+    Its first GRU step runs once per distinct (start state, action) pair; the latents are drawn per
+    start with the same random numbers, so samples, features and actor outputs all match.
+    """
+    wm = WorldModel(spaces.Box(-1, 1, (5,), np.float32), action_dim=3, **SMALL).double()
+    ac = ActorCritic(wm.rssm.feat_dim, spaces.Discrete(3), units=16, layers=1).double()
+    torch.manual_seed(0)
+    states, num_starts = 7, 300  # at most 7 x 3 = 21 pairs among 300 starts
+    deter = torch.randn(states, SMALL["deter"], dtype=torch.float64)
+    stoch = torch.nn.functional.one_hot(torch.randint(4, (states, 3)), 4).double()
+    index = torch.randint(states, (num_starts,))
+    gru_rows = []
+    deter_step = wm.rssm.deter_step
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wm.rssm, "deter_step", lambda state, *a, **k: gru_rows.append(len(state["deter"])) or
+                      deter_step(state, *a, **k))
+        torch.manual_seed(1)
+        shared = ac.imagine(wm.rssm, ImaginationStarts(deter, stoch, index), horizon)
+        torch.manual_seed(1)
+        gathered = ac.imagine(wm.rssm, ImaginationStarts(deter[index], stoch[index]), horizon)
+    pairs = len(torch.unique(index * 3 + shared[2][0].argmax(-1)))
+    assert gru_rows == [pairs] + [num_starts] * (horizon - 1) + [num_starts] * horizon
+    assert 7 < pairs <= 21  # several actions per state, far fewer rows than starts
+    torch.testing.assert_close(shared[0], wm.rssm.feat({"deter": deter, "stoch": stoch}))  # per distinct state
+    for a, b in zip(shared[1:], gathered[1:], strict=True):  # features, actions, actor outputs
+        torch.testing.assert_close(a, b)
+    assert shared[1].shape == (horizon, num_starts, wm.rssm.feat_dim)
+
+
+def test_padded_linear_equals_linear_with_the_same_parameters():
+    from sb3_mamba.networks import PaddedLinear, mlp
+
+    torch.manual_seed(0)
+    padded, plain = PaddedLinear(12, 255), torch.nn.Linear(12, 255)
+    plain.load_state_dict(padded.state_dict())  # same parameters, same state-dict keys
+    x = torch.randn(3, 7, 12, requires_grad=True)
+    out_padded, out_plain = padded(x), plain(x)
+    assert out_padded.shape == (3, 7, 255)
+    torch.testing.assert_close(out_padded, out_plain)
+    grad = torch.randn_like(out_plain)
+    grads_padded = torch.autograd.grad(out_padded, [x, padded.weight, padded.bias], grad)
+    grads_plain = torch.autograd.grad(out_plain, [x, plain.weight, plain.bias], grad)
+    for a, b in zip(grads_padded, grads_plain, strict=True):
+        torch.testing.assert_close(a, b)
+    assert isinstance(mlp(8, 16, 1, out_dim=255)[-1], PaddedLinear)  # two-hot heads
+    assert type(mlp(8, 16, 1, out_dim=5)[-1]) is torch.nn.Linear  # narrow heads: padding would cost time
