@@ -32,7 +32,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import BoundedNormal, OneHotCategorical, TwoHot, full_precision
-from sb3_mamba.networks import mlp, mlp_outputs
+from sb3_mamba.networks import FactoredInput, mlp, mlp_outputs
 from sb3_mamba.rssm import RSSM, State
 
 
@@ -86,6 +86,13 @@ def frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
+
+
+def _step_outputs(feats: list[FactoredInput], mlps: list[nn.Sequential], rows: int) -> list[Tensor]:
+    """``mlps`` on the features of several steps (first layers shared): (len(feats), rows, out) each."""
+    if not feats:
+        return [mlp[-1].weight.new_zeros(0, rows, mlp[-1].out_features) for mlp in mlps]
+    return [out.unflatten(0, (len(feats), rows)) for out in mlp_outputs(FactoredInput.cat(feats), mlps)]
 
 
 @dataclass
@@ -142,14 +149,17 @@ class ActorCritic(nn.Module):
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
             slow.lerp_(fast, fraction)
 
-    def imagine(self, rssm: RSSM, start: ImaginationStarts, horizon: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def imagine(self, rssm: RSSM, start: ImaginationStarts,
+                horizon: int) -> tuple[Tensor, Tensor | list[FactoredInput], Tensor, Tensor]:
         """Roll the actor out in the model for ``horizon`` steps.
 
-        Returns the start features (M, F) (per distinct state), features of steps
-        1..H (H, N, F), actions (H, N, A) and the actor's outputs at steps 0..H-1
-        (H, N, out), which keep their graph for the actor loss. Continuous actors
-        keep the graph through the RSSM (dynamics backprop); discrete ones roll the
-        model out without gradients (REINFORCE needs none).
+        Returns the start features (M, F) (per distinct state), the features of steps 1..H,
+        actions (H, N, A) and the actor's outputs at steps 0..H-1 (H, N, out), which keep
+        their graph for the actor loss. Continuous actors keep the graph through the RSSM
+        (dynamics backprop) and get the features as one (H, N, F) tensor. Discrete ones
+        roll the model out without gradients (REINFORCE needs none) and get a
+        :class:`FactoredInput` per step, which the heads' first layers read as a gather
+        over the one-hot latent plus a matmul over the distinct deterministic states.
         """
         # starts are data for the behaviour learner, never a path back into the world model
         deter0, stoch0 = start.deter.detach(), start.stoch.detach()
@@ -164,32 +174,35 @@ class ActorCritic(nn.Module):
         if not first_step_per_pair:
             state = {"deter": start.take(deter0), "stoch": start.take(stoch0)}
             deter_proj = start.take(deter_proj)  # (N, 3D)
-        feats, actions = [], []
+        feats: list = []
+        actions = []
         for t in range(horizon):
             dist = self._dist(actor_out[-1])
             with torch.set_grad_enabled(through_model):
                 action = dist.rsample() if through_model else dist.sample()
                 if t == 0 and first_step_per_pair:
-                    state, deter_proj = self._first_step_per_pair(rssm, start, deter_proj, action, horizon > 1)
+                    state, feat, deter_proj = self._first_step_per_pair(rssm, start, deter_proj, action, horizon > 1)
                 else:
                     state = rssm.img_step(state, action, deter_proj=deter_proj)
                     deter_proj = None
-                feats.append(RSSM.feat(state))
+                    feat = RSSM.factored_feat(state["stoch"], state["deter"]) if self.discrete else RSSM.feat(state)
+            feats.append(feat)
             actions.append(action)
             if t < horizon - 1:
-                actor_out.append(self.actor(feats[-1]))
-        return feat0, torch.stack(feats), torch.stack(actions), torch.stack(actor_out)
+                actor_out.append(mlp_outputs(feat, [self.actor])[0])
+        return (feat0, feats if self.discrete else torch.stack(feats), torch.stack(actions),
+                torch.stack(actor_out))
 
     @staticmethod
     def _first_step_per_pair(rssm: RSSM, start: ImaginationStarts, deter_proj: Tensor, action: Tensor,
-                             project_next: bool) -> tuple[State, Tensor | None]:
+                             project_next: bool) -> tuple[State, FactoredInput, Tensor | None]:
         """The first imagination step of one-hot ``action`` (N, A) from N starts, without gradients.
 
         The GRU step, the prior's logits and (if ``project_next``) the next step's
         ``project_hidden`` run once per distinct (start state, action) pair, P <= min(N, M * A)
         rows; the latent is drawn for each start, with the same random numbers as a step over
         all N rows. ``deter_proj`` (M, 3D) is the start states' ``project_hidden``.
-        Returns the state (N rows) and the next step's ``deter_proj`` (N, 3D) or None.
+        Returns the state (N rows), its features and the next step's ``deter_proj`` (N, 3D) or None.
         """
         num_actions = action.shape[-1]
         pairs, pair_of_start = torch.unique(start.index * num_actions + action.argmax(-1), return_inverse=True)
@@ -200,7 +213,8 @@ class ActorCritic(nn.Module):
         deter = rssm.deter_step(pair_start, pair_action, deter_proj[state_of_pair])  # (P, D)
         stoch, logits = rssm.prior(deter, rows=pair_of_start)  # (N, S, C)
         next_proj = rssm.gru.project_hidden(deter)[pair_of_start] if project_next else None
-        return {"deter": deter[pair_of_start], "stoch": stoch, "logits": logits}, next_proj
+        state = {"deter": deter[pair_of_start], "stoch": stoch, "logits": logits}
+        return state, RSSM.factored_feat(stoch, deter, pair_of_start), next_proj
 
     def losses(self, world_model, start: ImaginationStarts | State, horizon: int, discount: float, lam: float,
                entropy: float, slow_reg: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -216,14 +230,16 @@ class ActorCritic(nn.Module):
         if self.discrete:
             # Nothing differentiates through the rollout: the heads without gradients share their first
             # matmul per step, and the critic's gradient pass covers only the steps of its loss.
+            mid, last = feats[:-1], feats[-1]  # steps 1..H-1 and step H
             with torch.no_grad():
-                reward_mid, cont_mid, slow_mid = mlp_outputs(feats[:-1], [reward_head, continue_head, self.slow_critic])
-                reward_last, cont_last, critic_last = mlp_outputs(feats[-1:], [reward_head, continue_head, self.critic])
+                reward_mid, cont_mid, slow_mid = _step_outputs(mid, [reward_head, continue_head, self.slow_critic],
+                                                               len(last))
+                reward_last, cont_last, critic_last = mlp_outputs(last, [reward_head, continue_head, self.critic])
             two_hot = world_model.two_hot
-            reward = torch.cat([two_hot.mean(reward_mid), two_hot.mean(reward_last)])  # (H, N), steps 1..H
-            cont_logits = torch.cat([cont_mid, cont_last])
-            critic_logits = torch.cat([critic0[None], self.critic(feats[:-1])])  # (H, N, bins), steps 0..H-1
-            value = torch.cat([self.two_hot.mean(critic_logits), self.two_hot.mean(critic_last)]).detach()  # (H+1, N)
+            reward = torch.cat([two_hot.mean(reward_mid), two_hot.mean(reward_last)[None]])  # (H, N), steps 1..H
+            cont_logits = torch.cat([cont_mid, cont_last[None]])
+            critic_logits = torch.cat([critic0[None], *_step_outputs(mid, [self.critic], len(last))])  # steps 0..H-1
+            value = torch.cat([self.two_hot.mean(critic_logits), self.two_hot.mean(critic_last)[None]]).detach()
             slow_target = torch.cat([self.two_hot.mean(slow0)[None], self.two_hot.mean(slow_mid)])
         else:  # rewards, continuation and values carry the actor's gradient through the features
             with frozen(world_model), frozen(self.critic):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import one_hot_mode, sample_one_hot, unimix_probs
-from sb3_mamba.networks import LayerNorm, LayerNormGRUCell, mlp
+from sb3_mamba.networks import FactoredInput, LayerNorm, LayerNormGRUCell, mlp
 from sb3_mamba.rssm_scan import PosteriorScan, scan_weights
 
 State = dict[str, Tensor]  # {"deter": (B, D), "stoch": (B, S, C), "logits": (B, S, C)}
@@ -172,3 +172,11 @@ class RSSM(nn.Module):
     def feat(state: State) -> Tensor:
         """(..., S, C) stoch and (..., D) deter -> (..., S*C + D)."""
         return torch.cat([state["stoch"].flatten(-2), state["deter"]], dim=-1)
+
+    @staticmethod
+    def factored_feat(stoch: Tensor, deter: Tensor, rows: Tensor | None = None) -> FactoredInput:
+        """(N, S, C) one-hot stoch and (P, D) deter with ``rows`` (N,) -> :meth:`feat` of N rows as a
+        :class:`~sb3_mamba.networks.FactoredInput` (no gradient to ``stoch``)."""
+        num_latents, classes = stoch.shape[-2:]
+        offsets = torch.arange(0, num_latents * classes, classes, device=stoch.device)
+        return FactoredInput(stoch.argmax(-1) + offsets, deter, num_latents * classes, rows)

@@ -188,9 +188,12 @@ def test_discrete_first_imagination_step_once_per_state_action_pair(horizon):
     assert gru_rows == [pairs] + [num_starts] * (horizon - 1) + [num_starts] * horizon
     assert 7 < pairs <= 21  # several actions per state, far fewer rows than starts
     torch.testing.assert_close(shared[0], wm.rssm.feat({"deter": deter, "stoch": stoch}))  # per distinct state
-    for a, b in zip(shared[1:], gathered[1:], strict=True):  # features, actions, actor outputs
+    assert shared[1][0].rows is not None and len(shared[1][0].dense) == pairs  # step 1's deter once per pair
+    for a, b in zip(shared[1], gathered[1], strict=True):  # features of each step, as the heads read them
+        torch.testing.assert_close(a.materialize(), b.materialize())
+        assert a.materialize().shape == (num_starts, wm.rssm.feat_dim)
+    for a, b in zip(shared[2:], gathered[2:], strict=True):  # actions, actor outputs
         torch.testing.assert_close(a, b)
-    assert shared[1].shape == (horizon, num_starts, wm.rssm.feat_dim)
 
 
 def test_padded_linear_equals_linear_with_the_same_parameters():
@@ -210,3 +213,34 @@ def test_padded_linear_equals_linear_with_the_same_parameters():
         torch.testing.assert_close(a, b)
     assert isinstance(mlp(8, 16, 1, out_dim=255)[-1], PaddedLinear)  # two-hot heads
     assert type(mlp(8, 16, 1, out_dim=5)[-1]) is torch.nn.Linear  # narrow heads: padding would cost time
+
+
+@pytest.mark.parametrize("with_rows", [False, True])
+def test_factored_input_linear_equals_the_dense_matmul(with_rows):
+    from sb3_mamba.networks import FactoredInput, mlp, mlp_outputs
+    from sb3_mamba.rssm import RSSM
+
+    torch.manual_seed(0)
+    stoch = torch.nn.functional.one_hot(torch.randint(4, (50, 3)), 4).float()  # N = 50 rows, 3 latents x 4
+    deter = torch.randn(7 if with_rows else 50, 6)
+    rows = torch.randint(7, (50,)) if with_rows else None
+    x = RSSM.factored_feat(stoch, deter, rows)
+    dense = RSSM.feat({"stoch": stoch, "deter": deter if rows is None else deter[rows]})
+    torch.testing.assert_close(x.materialize(), dense)
+    weight = torch.randn(9, 18, requires_grad=True)
+    for grad in (False, True):  # the gather (no gradient) and the one-hot matmul (weight gradient)
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(x.linear(weight), torch.nn.functional.linear(dense, weight))
+    upstream = torch.randn(50, 9)
+    torch.testing.assert_close(torch.autograd.grad(x.linear(weight), weight, upstream)[0],
+                               torch.autograd.grad(torch.nn.functional.linear(dense, weight), weight, upstream)[0])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(x.linear(weight).float(), torch.nn.functional.linear(dense, weight).float(),
+                                   rtol=2e-2, atol=5e-2)
+    # several steps' inputs concatenated, and heads on them: the same as on the dense features
+    both = FactoredInput.cat([x, RSSM.factored_feat(stoch[:20], torch.randn(20, 6))])
+    assert len(both) == 70
+    torch.testing.assert_close(both.materialize()[:50], dense)
+    heads = [mlp(18, 8, 2, out_dim=255), mlp(18, 8, 1, out_dim=1)]
+    for factored, plain in zip(mlp_outputs(both, heads), mlp_outputs(both.materialize(), heads), strict=True):
+        torch.testing.assert_close(factored, plain)
