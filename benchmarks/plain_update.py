@@ -64,7 +64,9 @@ def plain_observe(self: RSSM, embed: Tensor, action: Tensor, is_first: Tensor, s
     return post, prior
 
 
-def plain_gru(self: LayerNormGRUCell, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None) -> Tensor:
+def plain_gru(self: LayerNormGRUCell, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None,
+              rows: Tensor | None = None) -> Tensor:
+    h = h if rows is None else h[rows]
     gates = self.linear(torch.cat([x, h], dim=-1))
     reset, candidate, update = self.norm(gates).split(self.hidden_dim, dim=-1)
     reset = torch.sigmoid(reset)

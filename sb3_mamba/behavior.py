@@ -171,6 +171,7 @@ class ActorCritic(nn.Module):
         first_step_per_pair = self.discrete and start.index is not None
         with torch.set_grad_enabled(through_model):
             deter_proj = rssm.gru.project_hidden(deter0)  # (M, 3D)
+        deter_rows = None  # (N,) into the state's distinct deterministic states, where they are shared
         if not first_step_per_pair:
             state = {"deter": start.take(deter0), "stoch": start.take(stoch0)}
             deter_proj = start.take(deter_proj)  # (N, 3D)
@@ -181,10 +182,11 @@ class ActorCritic(nn.Module):
             with torch.set_grad_enabled(through_model):
                 action = dist.rsample() if through_model else dist.sample()
                 if t == 0 and first_step_per_pair:
-                    state, feat, deter_proj = self._first_step_per_pair(rssm, start, deter_proj, action, horizon > 1)
+                    state, feat, deter_proj, deter_rows = self._first_step_per_pair(rssm, start, deter_proj, action,
+                                                                                    horizon > 1)
                 else:
-                    state = rssm.img_step(state, action, deter_proj=deter_proj)
-                    deter_proj = None
+                    state = rssm.img_step(state, action, deter_proj=deter_proj, deter_rows=deter_rows)
+                    deter_proj, deter_rows = None, None
                     feat = RSSM.factored_feat(state["stoch"], state["deter"]) if self.discrete else RSSM.feat(state)
             feats.append(feat)
             actions.append(action)
@@ -195,26 +197,27 @@ class ActorCritic(nn.Module):
 
     @staticmethod
     def _first_step_per_pair(rssm: RSSM, start: ImaginationStarts, deter_proj: Tensor, action: Tensor,
-                             project_next: bool) -> tuple[State, FactoredInput, Tensor | None]:
+                             project_next: bool) -> tuple[State, FactoredInput, Tensor | None, Tensor]:
         """The first imagination step of one-hot ``action`` (N, A) from N starts, without gradients.
 
         The GRU step, the prior's logits and (if ``project_next``) the next step's
         ``project_hidden`` run once per distinct (start state, action) pair, P <= min(N, M * A)
         rows; the latent is drawn for each start, with the same random numbers as a step over
         all N rows. ``deter_proj`` (M, 3D) is the start states' ``project_hidden``.
-        Returns the state (N rows), its features and the next step's ``deter_proj`` (N, 3D) or None.
+        Returns the state (``deter`` (P, D) per pair, ``stoch`` and ``logits`` per start), its
+        features, the next step's ``deter_proj`` (P, 3D) or None, and the pair of each start (N,).
         """
         num_actions = action.shape[-1]
         pairs, pair_of_start = torch.unique(start.index * num_actions + action.argmax(-1), return_inverse=True)
         state_of_pair = pairs // num_actions  # (P,)
         pair_action = torch.zeros(len(pairs), num_actions, dtype=action.dtype, device=action.device)
         pair_action.scatter_(1, (pairs % num_actions).unsqueeze(1), 1.0)  # (P, A) one-hot
-        pair_start = {"deter": start.deter[state_of_pair], "stoch": start.stoch[state_of_pair]}
-        deter = rssm.deter_step(pair_start, pair_action, deter_proj[state_of_pair])  # (P, D)
+        pair_start = {"deter": start.deter, "stoch": start.stoch[state_of_pair]}  # deter (M, D) via state_of_pair
+        deter = rssm.deter_step(pair_start, pair_action, deter_proj, deter_rows=state_of_pair)  # (P, D)
         stoch, logits = rssm.prior(deter, rows=pair_of_start)  # (N, S, C)
-        next_proj = rssm.gru.project_hidden(deter)[pair_of_start] if project_next else None
-        state = {"deter": deter[pair_of_start], "stoch": stoch, "logits": logits}
-        return state, RSSM.factored_feat(stoch, deter, pair_of_start), next_proj
+        next_proj = rssm.gru.project_hidden(deter) if project_next else None
+        state = {"deter": deter, "stoch": stoch, "logits": logits}
+        return state, RSSM.factored_feat(stoch, deter, pair_of_start), next_proj, pair_of_start
 
     def losses(self, world_model, start: ImaginationStarts | State, horizon: int, discount: float, lam: float,
                entropy: float, slow_reg: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

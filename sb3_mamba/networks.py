@@ -158,8 +158,20 @@ class LayerNormGRUCell(nn.Module):
         """
         return nn.functional.linear(h, self.linear.weight[:, -self.hidden_dim:])
 
-    def forward(self, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None) -> Tensor:
-        # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim); hidden_proj = project_hidden(h) if known
+    def forward(self, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim); hidden_proj = project_hidden(h) if known.
+        # rows (B,): h and hidden_proj hold distinct states that rows indexes (imagination's shared states)
+        no_grad = not (torch.is_grad_enabled() and (x.requires_grad or h.requires_grad or any(
+            p.requires_grad for p in self.parameters())))
+        if rows is not None and hidden_proj is not None and x.dim() == 2 and no_grad:
+            # the C kernel adds the state's half row by row: no (B, 3D) gather and no addmm copy of it
+            input_gates = F.linear(x, self.linear.weight[:, : -self.hidden_dim])
+            h_next = native.gru_cell(input_gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
+                                     self.norm.eps, state_pre=hidden_proj.to(input_gates.dtype), rows=rows)
+            if h_next is not None:
+                return h_next
+        if rows is not None:
+            h, hidden_proj = h[rows], None if hidden_proj is None else hidden_proj[rows]
         if hidden_proj is None:
             gates = self.linear(torch.cat([x, h], dim=-1))
         elif x.dim() == 2:  # one pass: hidden_proj + x @ W_x.T

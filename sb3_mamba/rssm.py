@@ -73,17 +73,21 @@ class RSSM(nn.Module):
             "logits": logits.expand(batch_size, -1, -1),
         }
 
-    def deter_step(self, state: State, action: Tensor, deter_proj: Tensor | None = None) -> Tensor:
+    def deter_step(self, state: State, action: Tensor, deter_proj: Tensor | None = None,
+                   deter_rows: Tensor | None = None) -> Tensor:
         """(B, ...) state, (B, A) action -> (B, D) next deterministic state.
 
-        ``deter_proj`` = ``gru.project_hidden(state["deter"])`` when already known.
+        ``deter_proj`` = ``gru.project_hidden(state["deter"])`` when already known. With
+        ``deter_rows`` (B,), ``state["deter"]`` and ``deter_proj`` hold distinct states (P, ...)
+        that it indexes (imagination's starts share them).
         """
         x = self.img_in(torch.cat([state["stoch"].flatten(-2), action], dim=-1))
-        return self.gru(x, state["deter"], deter_proj)
+        return self.gru(x, state["deter"], deter_proj, deter_rows)
 
-    def img_step(self, state: State, action: Tensor, sample: bool = True, deter_proj: Tensor | None = None) -> State:
-        """Prior step: (B, ...) state, (B, A) action -> next state without an observation."""
-        deter = self.deter_step(state, action, deter_proj)
+    def img_step(self, state: State, action: Tensor, sample: bool = True, deter_proj: Tensor | None = None,
+                 deter_rows: Tensor | None = None) -> State:
+        """Prior step: (B, ...) state, (B, A) action -> next state without an observation (see :meth:`deter_step`)."""
+        deter = self.deter_step(state, action, deter_proj, deter_rows)
         stoch, logits = self.prior(deter, sample)
         return {"deter": deter, "stoch": stoch, "logits": logits}
 

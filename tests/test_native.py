@@ -85,6 +85,39 @@ def test_gru_cell_kernel_matches_the_module(dtype, threads):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gru_cell_kernel_with_shared_states_matches_the_gathered_module(dtype, threads):
+    """Imagination's shared states: the kernel adds the state's gate half and reads the state through
+    ``rows`` instead of gathering them to every row first; the result is the module's on gathered rows."""
+    torch.manual_seed(0)
+    cell = LayerNormGRUCell(8, 32)
+    with torch.no_grad():
+        cell.norm.weight.uniform_(0.5, 1.5)
+        cell.norm.bias.uniform_(-0.5, 0.5)
+    x, h = torch.randn(1001, 8), torch.randn(37, 32).tanh()  # 1001 rows share 37 states
+    rows = torch.randint(37, (1001,))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+            proj = cell.project_hidden(h)
+            with mock.patch.object(native, "gru_cell", wraps=native.gru_cell) as kernel:
+                shared_out = cell(x, h, proj, rows)
+            assert kernel.call_args.kwargs["rows"] is rows  # the shared-state kernel ran
+            with mock.patch.object(native, "gru_cell", lambda *args, **kwargs: None):
+                gathered_out = cell(x, h[rows], proj[rows])  # ATen ops on gathered rows
+    finally:
+        torch.set_num_threads(previous)
+    # bfloat16: the kernel adds the two gate halves after rounding each (ATen's addmm rounds their sum)
+    tolerance = dict(rtol=1e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=0, atol=1e-2)  # (seen: 3e-3)
+    torch.testing.assert_close(shared_out, gathered_out, **tolerance)
+    with pytest.raises(IndexError, match="rows must index"):
+        native.gru_cell(torch.zeros(3, 96), h, cell.norm.weight, cell.norm.bias, 1e-3, proj.float(),
+                        torch.tensor([0, 37, 1]))
+
+
+@needs_kernels
 def test_gru_cell_kernel_only_without_gradients():
     cell = LayerNormGRUCell(8, 32)
     x, h = torch.randn(300, 8), torch.randn(300, 32)

@@ -178,8 +178,12 @@ def test_discrete_first_imagination_step_once_per_state_action_pair(horizon):
     gru_rows = []
     deter_step = wm.rssm.deter_step
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(wm.rssm, "deter_step", lambda state, *a, **k: gru_rows.append(len(state["deter"])) or
-                      deter_step(state, *a, **k))
+        def counting_deter_step(*args, **kwargs):
+            deter_next = deter_step(*args, **kwargs)
+            gru_rows.append(len(deter_next))
+            return deter_next
+
+        patch.setattr(wm.rssm, "deter_step", counting_deter_step)
         torch.manual_seed(1)
         shared = ac.imagine(wm.rssm, ImaginationStarts(deter, stoch, index), horizon)
         torch.manual_seed(1)

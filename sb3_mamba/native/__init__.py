@@ -114,7 +114,7 @@ def posterior_scan_library() -> ctypes.CDLL | None:
         function = getattr(library, name)
         function.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * pointers
         function.restype = None
-    library.gru_cell_forward.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 2 \
+    library.gru_cell_forward.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4 \
         + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
     library.gru_cell_forward.restype = None
     if not _agrees_with_aten(library):
@@ -134,8 +134,8 @@ def _agrees_with_aten(library: ctypes.CDLL) -> bool:
     folded = bias.clone()
     folded[2 * D:] -= 1.0
     out = torch.empty(5, D)
-    library.gru_cell_forward(0, 5, D, pre.data_ptr(), 0, weight.data_ptr(), folded.data_ptr(), 1e-3, h.data_ptr(), D,
-                             out.data_ptr())
+    library.gru_cell_forward(0, 5, D, pre.data_ptr(), 0, None, None, weight.data_ptr(), folded.data_ptr(), 1e-3,
+                             h.data_ptr(), D, out.data_ptr())
     reset, candidate, update = torch.nn.functional.layer_norm(pre, (3 * D,), weight, bias, 1e-3).split(D, dim=-1)
     expected = torch.lerp(h, torch.tanh(torch.sigmoid(reset) * candidate), torch.sigmoid(update - 1.0))
     return bool(torch.allclose(out, expected, rtol=1e-5, atol=1e-5))
@@ -149,29 +149,40 @@ def _workers(count: int, pid: int) -> ThreadPoolExecutor:
 
 
 def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
-             eps: float) -> torch.Tensor | None:
+             eps: float, state_pre: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """DreamerV3's GRU cell after its gate layer, without gradients, in C: ``None`` where it does not apply.
 
     ``pre`` (N, 3D) the gate layer's output (float32 or bfloat16), ``h_prev`` (N, D)
     float32 -> (N, D): LayerNorm, gates, update as :class:`sb3_mamba.networks.LayerNormGRUCell`
     (``norm_bias`` with the update gate's offset folded in:
-    ``LayerNormGRUCell.fold_update_offset``). One pass over
-    the rows instead of ~8 full-size ATen ops (imagination's 8192 x 1536 gates
-    are memory-bound there), the rows split over ``torch.get_num_threads()`` threads.
+    ``LayerNormGRUCell.fold_update_offset``). With ``rows`` (N,), ``h_prev`` (P, D) holds
+    distinct states that ``rows`` indexes, and ``pre`` is only the input's half of the gate
+    layer: the state's half ``state_pre`` (P, 3D, ``pre``'s dtype) is added row by row, so
+    neither is gathered to N rows first. One pass over the rows instead of ~8 full-size
+    ATen ops (imagination's 8192 x 1536 gates are memory-bound there), the rows split over
+    ``torch.get_num_threads()`` threads.
     """
+    shared = rows is not None
     if (pre.device.type != "cpu" or h_prev.device.type != "cpu" or pre.dim() != 2
             or pre.dtype not in (torch.float32, torch.bfloat16) or h_prev.dtype != torch.float32
-            or 3 * h_prev.shape[-1] != pre.shape[1] or h_prev.shape[0] != pre.shape[0] or h_prev.stride(-1) != 1):
+            or 3 * h_prev.shape[-1] != pre.shape[1] or h_prev.stride(-1) != 1
+            or (h_prev.shape[0] != pre.shape[0] if not shared else rows.shape != pre.shape[:1] or state_pre is None
+                or state_pre.dtype != pre.dtype or state_pre.shape != (h_prev.shape[0], pre.shape[1]))):
         return None  # (checked first: a GPU run never builds the kernels)
     library = posterior_scan_library()
     if library is None:
         return None
     pre = pre.contiguous()
-    rows, D = h_prev.shape
+    if shared:
+        state_pre, rows = state_pre.contiguous(), rows.to(torch.int64).contiguous()
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= h_prev.shape[0]):  # never read out of bounds
+            raise IndexError(f"rows must index the {h_prev.shape[0]} states, got [{int(rows.min())}, {int(rows.max())}]")
+    D = h_prev.shape[1]
     weight = norm_weight.detach().float().contiguous()
     bias = norm_bias.detach().float().contiguous()
-    out = torch.empty(rows, D)
-    _run_rows(library.gru_cell_forward, rows, D, pre.data_ptr(), int(pre.dtype == torch.bfloat16), weight.data_ptr(),
+    out = torch.empty(pre.shape[0], D)
+    _run_rows(library.gru_cell_forward, pre.shape[0], D, pre.data_ptr(), int(pre.dtype == torch.bfloat16),
+              state_pre.data_ptr() if shared else None, rows.data_ptr() if shared else None, weight.data_ptr(),
               bias.data_ptr(), eps, h_prev.data_ptr(), h_prev.stride(0), out.data_ptr())
     return out
 

@@ -427,16 +427,25 @@ void backward_input(const Scan *s, int t, const void *d_x_h, const void *gru_pre
 
 /* -- the GRU cell alone ------------------------------------------------------------------- */
 /* Rows [row_begin, row_end) of an imagination step without gradients: pre (rows, 3D) the gate layer's
- * output (compute dtype), h_prev (rows, D) with row stride ld_h -> h_out (rows, D). Same arithmetic as
- * the scan's forward. Thread-safe: callers split the rows between threads. */
-void gru_cell_forward(int row_begin, int row_end, int D, const void *pre, int bf16, const float *g, const float *bias,
-                      float eps, const float *h_prev, int ld_h, float *h_out) {
+ * output (compute dtype), h_prev (rows, D) with row stride ld_h -> h_out (rows, D). Where index is not
+ * NULL, the state's rows are shared: row r reads h_prev row index[r] and adds the gate layer's state half
+ * state_pre (compute dtype, (*, 3D)) row index[r] to pre. Same arithmetic as the scan's forward.
+ * Thread-safe: callers split the rows between threads. */
+void gru_cell_forward(int row_begin, int row_end, int D, const void *pre, int bf16, const void *state_pre,
+                      const int64_t *index, const float *g, const float *bias, float eps, const float *h_prev,
+                      int ld_h, float *h_out) {
   for (int64_t r = row_begin; r < row_end; r++) {
     float x[3 * D], xhat[3 * D], reset[D], cand_in[D], cand[D], update[D], rstd;
+    const int64_t state_row = index ? index[r] : r;
     load_row(3 * D, pre, bf16, r * 3 * D, x);
+    if (index) {
+      load_row(3 * D, state_pre, bf16, state_row * 3 * D, xhat);
+#pragma omp simd
+      for (int i = 0; i < 3 * D; i++) x[i] += xhat[i];
+    }
     layer_norm(3 * D, x, NULL, NULL, eps, xhat, NULL, NULL, &rstd);
     gru_gates(D, g, bias, xhat, reset, cand_in, cand, update);
-    const float *restrict h = h_prev + r * ld_h;
+    const float *restrict h = h_prev + state_row * ld_h;
     float *restrict out = h_out + r * D;
 #pragma omp simd
     for (int d = 0; d < D; d++) out[d] = h[d] + update[d] * (cand[d] - h[d]);
