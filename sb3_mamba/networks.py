@@ -158,12 +158,15 @@ class LayerNormGRUCell(nn.Module):
         """
         return nn.functional.linear(h, self.linear.weight[:, -self.hidden_dim:])
 
+    def _differentiable(self, *inputs: Tensor) -> bool:
+        """Whether autograd needs this step's graph (the C kernel has no backward)."""
+        return torch.is_grad_enabled() and (any(x.requires_grad for x in inputs)
+                                            or any(p.requires_grad for p in self.parameters()))
+
     def forward(self, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
         # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim); hidden_proj = project_hidden(h) if known.
         # rows (B,): h and hidden_proj hold distinct states that rows indexes (imagination's shared states)
-        no_grad = not (torch.is_grad_enabled() and (x.requires_grad or h.requires_grad or any(
-            p.requires_grad for p in self.parameters())))
-        if rows is not None and hidden_proj is not None and x.dim() == 2 and no_grad:
+        if rows is not None and hidden_proj is not None and x.dim() == 2 and not self._differentiable(x, h):
             # the C kernel adds the state's half row by row: no (B, 3D) gather and no addmm copy of it
             input_gates = F.linear(x, self.linear.weight[:, : -self.hidden_dim])
             h_next = native.gru_cell(input_gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
@@ -178,7 +181,7 @@ class LayerNormGRUCell(nn.Module):
             gates = torch.addmm(hidden_proj, x, self.linear.weight[:, : -self.hidden_dim].t())
         else:
             gates = F.linear(x, self.linear.weight[:, : -self.hidden_dim]) + hidden_proj
-        if not (torch.is_grad_enabled() and (gates.requires_grad or h.requires_grad)):
+        if not self._differentiable(gates, h):
             h_next = native.gru_cell(gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
                                      self.norm.eps)
             if h_next is not None:  # the C kernel (CPU, no gradients): one pass instead of ~8 ops
