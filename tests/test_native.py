@@ -127,6 +127,12 @@ def test_gru_cell_kernel_only_without_gradients():
         with torch.no_grad():
             cell(x, h)
         assert kernel.called
+        kernel.reset_mock()
+        cell.linear.weight.requires_grad_(False)  # only the norm trains: still the autograd path
+        out = cell(x, h)
+        assert out.requires_grad and not kernel.called
+        out.sum().backward()
+        assert cell.norm.weight.grad is not None
 
 
 
