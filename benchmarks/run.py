@@ -21,6 +21,9 @@ Prints each table and writes ``benchmarks/results/benchmark_<tag>.json`` and ``.
   schedule against a fixed H' = H, from the fitted cost model.
 * **acting**: env steps/s of the MAMBA policy with 1, 4, 8 envs, and of sb3-contrib's
   RecurrentPPO (RL^2) with its update time per rollout, on the same env.
+* **training**: end-to-end ``learn()`` env steps/s on Rooms-3 with 10 envs at the reference's
+  update ratio (0.05 per env step), H' = 50 and 200, float32 and bfloat16, next to the
+  reference's figures.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from sb3_mamba.schedules import WorldModelHorizonSchedule
 RESULTS = Path(__file__).with_name("results")
 #: The reference implementation on a 2-core CPU of this kind (spec/performance.md), Rooms-3.
 REFERENCE_CPU = {50: 0.985, 200: 1.717}
+#: ... and its end-to-end training throughput there (env steps/s, 10 envs, 0.05 updates per env step)
+REFERENCE_TRAINING_CPU = {50: 19.6, 200: 11.4}
 PAPER = dict(units=128, dyn_deter=512, dyn_stoch=16, dyn_discrete=16, dyn_hidden=64, batch_size=16,
              policy_kwargs=dict(encoder_units=128, encoder_layers=4))
 VANILLA = dict(units=512, dyn_deter=512, dyn_stoch=32, dyn_discrete=32, dyn_hidden=512, batch_size=16,
@@ -294,6 +299,35 @@ def section_acting(args) -> list[dict[str, Any]]:
     return rows
 
 
+def section_training(args) -> list[dict[str, Any]]:
+    """End-to-end ``learn()`` throughput on Rooms-3 at the reference's update ratio (acting and updates).
+
+    10 envs, 0.05 updates per env step (the reference's Rooms ``train_ratio`` 0.1 with K = 2), H'
+    pinned, paper sizes: what a user's wall clock sees, compared with the reference's figure.
+    """
+    sizes, prefixes, steps = (QUICK, (10,), 100) if args.quick else (PAPER, (50, 200), 2000)
+    model = build("MetaRooms-3-v0", "mamba", sizes, args.device, n_envs=10, quick=args.quick)
+    model.train_ratio = 0.05
+    rows = []
+    for prefix in prefixes:
+        model.wm_horizon_schedule = WorldModelHorizonSchedule(prefix, prefix, 1)
+        for precision in ("float32", "bfloat16"):
+            model.precision = precision
+            model.learn(steps // 10, reset_num_timesteps=False)  # warm-up: this H' and precision's first updates
+            updates_before = model._n_updates
+            sync(model)
+            tic = time.perf_counter()
+            model.learn(steps, reset_num_timesteps=False)
+            sync(model)
+            elapsed = time.perf_counter() - tic
+            rows.append({"H_prime": prefix, "precision": precision, "env_steps": steps,
+                         "updates": model._n_updates - updates_before, "env_steps_per_s": steps / elapsed,
+                         "reference_env_steps_per_s": REFERENCE_TRAINING_CPU.get(prefix) if args.device == "cpu"
+                         else None})
+    model.env.close()
+    return rows
+
+
 # -- report ------------------------------------------------------------------------------------------
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# sb3-mamba benchmark ({report['device']}, torch {report['torch']}, {report['threads']} threads)", ""]
@@ -334,6 +368,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['agent']} | {r['n_envs']} | {r['env_steps_per_s']:,.0f} | "
                      f"{fmt(r.get('update_s_per_rollout'))} | "
                      f"{'-' if 'end_to_end_env_steps_per_s' not in r else format(r['end_to_end_env_steps_per_s'], ',.0f')} |")
+    if report.get("training"):
+        lines += ["", "## End-to-end training (Rooms-3, 10 envs, 0.05 updates per env step, H' pinned)", "",
+                  "| H' | precision | env steps | updates | env steps/s | reference (spec) | x reference |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["training"]:
+            ref = r.get("reference_env_steps_per_s")
+            lines.append(f"| {r['H_prime']} | {r['precision']} | {r['env_steps']} | {r['updates']} | "
+                         f"{r['env_steps_per_s']:.1f} | {'-' if ref is None else ref} | "
+                         f"{'-' if ref is None else format(r['env_steps_per_s'] / ref, '.2f') + 'x'} |")
     lines += ["", f"Replay buffer: {report['buffer_bytes_per_step']} bytes per stored step on Rooms-3 "
               f"({report['buffer_bytes_per_step'] * 1e6 / 2**20:.0f} MiB at the default 1e6 capacity)."]
     return "\n".join(lines) + "\n"
@@ -345,7 +388,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
     parser.add_argument("--updates", type=int, default=6, help="timed updates per case and mode")
-    parser.add_argument("--sections", default="update,scaling,acting", help="comma-separated subset")
+    parser.add_argument("--sections", default="update,scaling,acting,training", help="comma-separated subset")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one update case per process
     args = parser.parse_args()
@@ -368,6 +411,7 @@ def main() -> None:
     report["scaling"] = section_scaling(args) if "scaling" in sections else {"rows": [], "fits": {}}
     report["schedule"] = section_schedule(report["scaling"]) if report["scaling"]["fits"] else []
     report["acting"] = section_acting(args) if "acting" in sections else []
+    report["training"] = section_training(args) if "training" in sections else []
     env = make_vec_env("MetaRooms-3-v0", n_envs=1)
     report["buffer_bytes_per_step"] = int(4 * (env.observation_space.shape[0] + env.action_space.n) + 5)
     text = markdown(report)
