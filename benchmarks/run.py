@@ -1,6 +1,6 @@
 """sb3-mamba's performance figures, one entry point.
 
-    python -m benchmarks.run                  # paper sizes on this machine (~15 min on a 2-core CPU)
+    python -m benchmarks.run                  # paper sizes on this machine (~20 min on a 2-core CPU)
     python -m benchmarks.run --quick          # tiny sizes, a breakage check for CI (< 2 min), not timing
     python -m benchmarks.run --device cuda    # on a GPU
 
