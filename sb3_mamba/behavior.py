@@ -13,10 +13,12 @@ distinct states. Everything that depends on the start state alone (actor and
 critic outputs at step 0, the state's half of the first GRU gate layer, about
 a third of the imagination FLOPs) is computed once per distinct state and
 indexed. The actor's outputs from the rollout are reused by its loss. On
-discrete actions nothing differentiates through the rollout, so the heads that
-need no gradient (reward, continuation, slow critic, the last step's critic)
-share one first-layer matmul per step, and the critic's gradient pass covers
-only the steps of its loss. ``benchmarks/plain_update.py`` keeps the plain
+discrete actions nothing differentiates through the rollout, so the first step
+runs once per distinct (start state, action) pair, the features stay factored
+(:class:`~sb3_mamba.networks.FactoredInput`: one-hot latent as a gather, shared
+deterministic states once), the heads that need no gradient (reward,
+continuation, slow critic, the last step's critic) share one first layer per
+step, and the critic's gradient pass covers only the steps of its loss. ``benchmarks/plain_update.py`` keeps the plain
 formulation; ``tests/test_equivalence.py`` checks both agree.
 """
 

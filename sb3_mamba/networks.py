@@ -166,21 +166,24 @@ class LayerNormGRUCell(nn.Module):
     def forward(self, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
         # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim); hidden_proj = project_hidden(h) if known.
         # rows (B,): h and hidden_proj hold distinct states that rows indexes (imagination's shared states)
+        input_weight = self.linear.weight[:, : -self.hidden_dim]
         if rows is not None and hidden_proj is not None and x.dim() == 2 and not self._differentiable(x, h):
             # the C kernel adds the state's half row by row: no (B, 3D) gather and no addmm copy of it
-            input_gates = F.linear(x, self.linear.weight[:, : -self.hidden_dim])
+            input_gates = F.linear(x, input_weight)
             h_next = native.gru_cell(input_gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
                                      self.norm.eps, state_pre=hidden_proj.to(input_gates.dtype), rows=rows)
             if h_next is not None:
                 return h_next
-        if rows is not None:
-            h, hidden_proj = h[rows], None if hidden_proj is None else hidden_proj[rows]
-        if hidden_proj is None:
-            gates = self.linear(torch.cat([x, h], dim=-1))
-        elif x.dim() == 2:  # one pass: hidden_proj + x @ W_x.T
-            gates = torch.addmm(hidden_proj, x, self.linear.weight[:, : -self.hidden_dim].t())
+            gates, h = input_gates + hidden_proj[rows], h[rows]  # (no kernel: GPU, no compiler)
         else:
-            gates = F.linear(x, self.linear.weight[:, : -self.hidden_dim]) + hidden_proj
+            if rows is not None:
+                h, hidden_proj = h[rows], None if hidden_proj is None else hidden_proj[rows]
+            if hidden_proj is None:
+                gates = self.linear(torch.cat([x, h], dim=-1))
+            elif x.dim() == 2:  # one pass: hidden_proj + x @ W_x.T
+                gates = torch.addmm(hidden_proj, x, input_weight.t())
+            else:
+                gates = F.linear(x, input_weight) + hidden_proj
         if not self._differentiable(gates, h):
             h_next = native.gru_cell(gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
                                      self.norm.eps)

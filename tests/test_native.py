@@ -117,6 +117,20 @@ def test_gru_cell_kernel_with_shared_states_matches_the_gathered_module(dtype, t
                         torch.tensor([0, 37, 1]))
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_gru_cell_with_shared_states_on_aten(grad):
+    """Without the kernels (GPU, no compiler), or with gradients, shared states are gathered: same result."""
+    torch.manual_seed(0)
+    cell = LayerNormGRUCell(8, 32)
+    x, h, rows = torch.randn(300, 8), torch.randn(11, 32).tanh(), torch.randint(11, (300,))
+    with torch.set_grad_enabled(grad), mock.patch.object(native, "posterior_scan_library", lambda: None):
+        proj = cell.project_hidden(h)
+        shared_out, gathered_out = cell(x, h, proj, rows), cell(x, h[rows], proj[rows])
+        assert shared_out.requires_grad == grad
+        torch.testing.assert_close(shared_out, gathered_out)
+        torch.testing.assert_close(cell(x, h, None, rows), gathered_out)  # no projection given
+
+
 @needs_kernels
 def test_gru_cell_kernel_only_without_gradients():
     cell = LayerNormGRUCell(8, 32)
