@@ -18,8 +18,9 @@ runs once per distinct (start state, action) pair, the features stay factored
 (:class:`~sb3_mamba.networks.FactoredInput`: one-hot latent as a gather, shared
 deterministic states once), the heads that need no gradient (reward,
 continuation, slow critic, the last step's critic) share one first layer per
-step, and the critic's gradient pass covers only the steps of its loss. ``benchmarks/plain_update.py`` keeps the plain
-formulation; ``tests/test_equivalence.py`` checks both agree.
+step, and the critic's gradient pass covers only the steps of its loss.
+``benchmarks/plain_update.py`` keeps the plain formulation;
+``tests/test_equivalence.py`` checks both agree.
 """
 
 from __future__ import annotations
@@ -184,12 +185,13 @@ class ActorCritic(nn.Module):
             with torch.set_grad_enabled(through_model):
                 action = dist.rsample() if through_model else dist.sample()
                 if t == 0 and first_step_per_pair:
-                    state, feat, deter_proj, deter_rows = self._first_step_per_pair(rssm, start, deter_proj, action,
-                                                                                    horizon > 1)
+                    state, feat, deter_proj, deter_rows = self._first_step_per_pair(
+                        rssm, start, deter_proj, action, project_next=horizon > 1)
                 else:
                     state = rssm.img_step(state, action, deter_proj=deter_proj, deter_rows=deter_rows)
                     deter_proj, deter_rows = None, None
-                    feat = RSSM.factored_feat(state["stoch"], state["deter"]) if self.discrete else RSSM.feat(state)
+                    feat = (RSSM.factored_feat(state["stoch"], state["deter"]) if self.discrete
+                            else RSSM.feat(state))
             feats.append(feat)
             actions.append(action)
             if t < horizon - 1:
@@ -243,7 +245,8 @@ class ActorCritic(nn.Module):
             two_hot = world_model.two_hot
             reward = torch.cat([two_hot.mean(reward_mid), two_hot.mean(reward_last)[None]])  # (H, N), steps 1..H
             cont_logits = torch.cat([cont_mid, cont_last[None]])
-            critic_logits = torch.cat([critic0[None], *_step_outputs(mid, [self.critic], len(last))])  # steps 0..H-1
+            critic_mid = _step_outputs(mid, [self.critic], len(last))[0]
+            critic_logits = torch.cat([critic0[None], critic_mid])  # (H, N, bins), steps 0..H-1
             value = torch.cat([self.two_hot.mean(critic_logits), self.two_hot.mean(critic_last)[None]]).detach()
             slow_target = torch.cat([self.two_hot.mean(slow0)[None], self.two_hot.mean(slow_mid)])
         else:  # rewards, continuation and values carry the actor's gradient through the features

@@ -163,7 +163,8 @@ class LayerNormGRUCell(nn.Module):
         return torch.is_grad_enabled() and (any(x.requires_grad for x in inputs)
                                             or any(p.requires_grad for p in self.parameters()))
 
-    def forward(self, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None,
+                rows: Tensor | None = None) -> Tensor:
         # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim); hidden_proj = project_hidden(h) if known.
         # rows (B,): h and hidden_proj hold distinct states that rows indexes (imagination's shared states)
         input_weight = self.linear.weight[:, : -self.hidden_dim]

@@ -86,7 +86,10 @@ class RSSM(nn.Module):
 
     def img_step(self, state: State, action: Tensor, sample: bool = True, deter_proj: Tensor | None = None,
                  deter_rows: Tensor | None = None) -> State:
-        """Prior step: (B, ...) state, (B, A) action -> next state without an observation (see :meth:`deter_step`)."""
+        """Prior step: (B, ...) state, (B, A) action -> next state without an observation.
+
+        ``deter_proj`` and ``deter_rows`` as in :meth:`deter_step`.
+        """
         deter = self.deter_step(state, action, deter_proj, deter_rows)
         stoch, logits = self.prior(deter, sample)
         return {"deter": deter, "stoch": stoch, "logits": logits}

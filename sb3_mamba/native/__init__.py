@@ -114,8 +114,10 @@ def posterior_scan_library() -> ctypes.CDLL | None:
         function = getattr(library, name)
         function.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * pointers
         function.restype = None
-    library.gru_cell_forward.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 4 \
-        + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    # (row_begin, row_end, D, pre, bf16, state_pre, index, g, bias, eps, h_prev, ld_h, h_out)
+    library.gru_cell_forward.argtypes = ([ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_int]
+                                         + [ctypes.c_void_p] * 4 + [ctypes.c_float]
+                                         + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p])
     library.gru_cell_forward.restype = None
     if not _agrees_with_aten(library):
         warnings.warn("sb3-mamba: its C kernels disagree with ATen on this machine (compiler or CPU issue); "
@@ -149,7 +151,8 @@ def _workers(count: int, pid: int) -> ThreadPoolExecutor:
 
 
 def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
-             eps: float, state_pre: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+             eps: float, state_pre: torch.Tensor | None = None,
+             rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """DreamerV3's GRU cell after its gate layer, without gradients, in C: ``None`` where it does not apply.
 
     ``pre`` (N, 3D) the gate layer's output (float32 or bfloat16), ``h_prev`` (N, D)
@@ -175,8 +178,9 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
     pre = pre.contiguous()
     if shared:
         state_pre, rows = state_pre.contiguous(), rows.to(torch.int64).contiguous()
-        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= h_prev.shape[0]):  # never read out of bounds
-            raise IndexError(f"rows must index the {h_prev.shape[0]} states, got [{int(rows.min())}, {int(rows.max())}]")
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= h_prev.shape[0]):  # never out of bounds
+            raise IndexError(f"rows must index the {h_prev.shape[0]} states, "
+                             f"got values in [{int(rows.min())}, {int(rows.max())}]")
     D = h_prev.shape[1]
     weight = norm_weight.detach().float().contiguous()
     bias = norm_bias.detach().float().contiguous()
