@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +132,24 @@ def mlp_outputs(x: Tensor | FactoredInput, mlps: Sequence[nn.Sequential]) -> lis
     return [m[1:](h) for m, h in zip(mlps, hidden.split([f.out_features for f in firsts], dim=-1))]
 
 
+class _FrozenGRUGates(torch.autograd.Function):
+    """:class:`LayerNormGRUCell` after its gate layer in C, with gradients to the gates and the state
+    (not to the norm's parameters: use only where they are frozen)."""
+
+    @staticmethod
+    def forward(ctx: Any, gates: Tensor, h: Tensor, norm_weight: Tensor, folded_bias: Tensor,
+                eps: float) -> Tensor:
+        ctx.save_for_backward(gates, h, norm_weight, folded_bias)
+        ctx.eps = eps
+        return native.gru_cell(gates, h, norm_weight, folded_bias, eps)
+
+    @staticmethod
+    def backward(ctx: Any, d_h_next: Tensor) -> tuple[Tensor | None, ...]:
+        gates, h, norm_weight, folded_bias = ctx.saved_tensors
+        d_gates, d_h = native.gru_cell_backward(gates, h, norm_weight, folded_bias, ctx.eps, d_h_next)
+        return d_gates.to(gates.dtype), d_h, None, None, None
+
+
 class LayerNormGRUCell(nn.Module):
     """DreamerV3's GRU cell: one fused Linear + LayerNorm for the three gates, update bias -1."""
 
@@ -190,6 +208,12 @@ class LayerNormGRUCell(nn.Module):
                                      self.norm.eps)
             if h_next is not None:  # the C kernel (CPU, no gradients): one pass instead of ~8 ops
                 return h_next
+        elif not (self.norm.weight.requires_grad or self.norm.bias.requires_grad) and native.gru_cell_applies(
+                gates, h):
+            # a frozen cell that passes gradients (imagination of a continuous actor through the world
+            # model): the C kernel forward and backward, the gates recomputed instead of saved
+            return _FrozenGRUGates.apply(gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
+                                         self.norm.eps)
         reset, candidate, update = self.norm(gates).split(self.hidden_dim, dim=-1)
         reset = torch.sigmoid(reset)
         candidate = torch.tanh(reset * candidate)

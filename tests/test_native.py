@@ -117,6 +117,43 @@ def test_gru_cell_kernel_with_shared_states_matches_the_gathered_module(dtype, t
                         torch.tensor([0, 37, 1]))
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_frozen_gru_cell_kernel_gradients_match_autograd(dtype, threads):
+    """A frozen cell that passes gradients (a continuous actor's imagination through the world model):
+    the C forward and backward give the values and the gradients of the ATen ops and autograd."""
+    torch.manual_seed(0)
+    cell = LayerNormGRUCell(8, 32)
+    with torch.no_grad():
+        cell.norm.weight.uniform_(0.5, 1.5)
+        cell.norm.bias.uniform_(-0.5, 0.5)
+    cell.norm.requires_grad_(False)  # the world model is frozen in imagination; its gate layer may train
+    x = torch.randn(1001, 8, requires_grad=True)
+    h = torch.randn(1001, 64, requires_grad=True)
+    upstream = torch.randn(1001, 32)
+
+    def run():
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = cell(x, h[:, 16:48].tanh())  # a strided state with a gradient
+        return (out, *torch.autograd.grad(out, [x, h, cell.linear.weight], upstream))
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with mock.patch.object(native, "gru_cell_backward", wraps=native.gru_cell_backward) as backward:
+            native_results = run()
+        assert backward.called  # the C backward ran
+        with mock.patch.object(native, "gru_cell_applies", lambda *args: False):
+            aten_results = run()
+    finally:
+        torch.set_num_threads(previous)
+    assert native_results[0].requires_grad
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    for a, b in zip(native_results, aten_results, strict=True):  # output, d_x, d_h, d_weight
+        torch.testing.assert_close(a, b, **tolerance)
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_gru_cell_with_shared_states_on_aten(grad):
     """Without the kernels (GPU, no compiler), or with gradients, shared states are gathered: same result."""

@@ -119,6 +119,11 @@ def posterior_scan_library() -> ctypes.CDLL | None:
                                          + [ctypes.c_void_p] * 4 + [ctypes.c_float]
                                          + [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p])
     library.gru_cell_forward.restype = None
+    # (row_begin, row_end, D, pre, bf16, g, bias, eps, h_prev, ld_h, d_h, d_pre, d_h_prev)
+    library.gru_cell_backward.argtypes = ([ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_int]
+                                          + [ctypes.c_void_p] * 2 + [ctypes.c_float]
+                                          + [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p] * 3)
+    library.gru_cell_backward.restype = None
     if not _agrees_with_aten(library):
         warnings.warn("sb3-mamba: its C kernels disagree with ATen on this machine (compiler or CPU issue); "
                       "the RSSM unroll runs on slower ATen ops.", RuntimeWarning, stacklevel=2)
@@ -165,16 +170,9 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
     ATen ops (imagination's 8192 x 1536 gates are memory-bound there), the rows split over
     ``torch.get_num_threads()`` threads.
     """
-    shared = rows is not None
-    if (pre.device.type != "cpu" or h_prev.device.type != "cpu" or pre.dim() != 2
-            or pre.dtype not in (torch.float32, torch.bfloat16) or h_prev.dtype != torch.float32
-            or 3 * h_prev.shape[-1] != pre.shape[1] or h_prev.stride(-1) != 1
-            or (h_prev.shape[0] != pre.shape[0] if not shared else rows.shape != pre.shape[:1] or state_pre is None
-                or state_pre.dtype != pre.dtype or state_pre.shape != (h_prev.shape[0], pre.shape[1]))):
-        return None  # (checked first: a GPU run never builds the kernels)
-    library = posterior_scan_library()
-    if library is None:
+    if not gru_cell_applies(pre, h_prev, state_pre, rows):
         return None
+    shared, library = rows is not None, posterior_scan_library()
     pre = pre.contiguous()
     if shared:
         state_pre, rows = state_pre.contiguous(), rows.to(torch.int64).contiguous()
@@ -189,6 +187,38 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
               state_pre.data_ptr() if shared else None, rows.data_ptr() if shared else None, weight.data_ptr(),
               bias.data_ptr(), eps, h_prev.data_ptr(), h_prev.stride(0), out.data_ptr())
     return out
+
+
+def gru_cell_applies(pre: torch.Tensor, h_prev: torch.Tensor, state_pre: torch.Tensor | None = None,
+                     rows: torch.Tensor | None = None) -> bool:
+    """Whether :func:`gru_cell` runs in C for these inputs (CPU tensors of its dtypes and shapes, kernels built)."""
+    shared = rows is not None
+    if (pre.device.type != "cpu" or h_prev.device.type != "cpu" or pre.dim() != 2
+            or pre.dtype not in (torch.float32, torch.bfloat16) or h_prev.dtype != torch.float32
+            or 3 * h_prev.shape[-1] != pre.shape[1] or h_prev.stride(-1) != 1
+            or (h_prev.shape[0] != pre.shape[0] if not shared else rows.shape != pre.shape[:1] or state_pre is None
+                or state_pre.dtype != pre.dtype or state_pre.shape != (h_prev.shape[0], pre.shape[1]))):
+        return False  # (checked first: a GPU run never builds the kernels)
+    return posterior_scan_library() is not None
+
+
+def gru_cell_backward(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                      eps: float, d_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gru_cell`'s backward (no shared rows), the norm's parameters frozen: ``d_h`` (N, D) ->
+    ``d_pre`` (N, 3D) float32 and ``d_h_prev`` (N, D) through the update gate's mix alone (the gate
+    layer's share of the state's gradient comes from ``d_pre``). The gates are recomputed from ``pre``."""
+    library = posterior_scan_library()
+    if library is None or not gru_cell_applies(pre, h_prev):
+        raise RuntimeError("gru_cell_backward needs the C kernels and gru_cell's inputs")
+    pre, d_h = pre.contiguous(), d_h.float().contiguous()
+    rows, D = h_prev.shape
+    weight = norm_weight.detach().float().contiguous()
+    bias = norm_bias.detach().float().contiguous()
+    d_pre, d_h_prev = torch.empty(rows, 3 * D), torch.empty(rows, D)
+    _run_rows(library.gru_cell_backward, rows, D, pre.data_ptr(), int(pre.dtype == torch.bfloat16),
+              weight.data_ptr(), bias.data_ptr(), eps, h_prev.data_ptr(), h_prev.stride(0), d_h.data_ptr(),
+              d_pre.data_ptr(), d_h_prev.data_ptr())
+    return d_pre, d_h_prev
 
 
 def _run_rows(kernel: Callable[..., None], rows: int, *args: Any) -> None:

@@ -177,7 +177,8 @@ static void layer_norm(int W, const float *restrict x, const float *restrict g, 
   *rstd_out = rstd;
 }
 
-/* LayerNorm backward: d_y (W), xhat (W) -> d_x (W); accumulates d_g += d_y * xhat, d_b += d_y */
+/* LayerNorm backward: d_y (W), xhat (W) -> d_x (W); accumulates d_g += d_y * xhat, d_b += d_y unless
+ * d_g is NULL (frozen affine parameters) */
 static void layer_norm_backward(int W, const float *restrict d_y, const float *restrict xhat, const float *restrict g,
                                 float rstd, float *restrict d_x, float *restrict d_g, float *restrict d_b) {
   float mean_d = 0.0f, mean_dx = 0.0f;
@@ -189,12 +190,15 @@ static void layer_norm_backward(int W, const float *restrict d_y, const float *r
   }
   mean_d /= W;
   mean_dx /= W;
+  if (d_g) {
 #pragma omp simd
-  for (int i = 0; i < W; i++) {
-    d_g[i] += d_y[i] * xhat[i];
-    d_b[i] += d_y[i];
-    d_x[i] = rstd * (d_y[i] * g[i] - mean_d - xhat[i] * mean_dx);
+    for (int i = 0; i < W; i++) {
+      d_g[i] += d_y[i] * xhat[i];
+      d_b[i] += d_y[i];
+    }
   }
+#pragma omp simd
+  for (int i = 0; i < W; i++) d_x[i] = rstd * (d_y[i] * g[i] - mean_d - xhat[i] * mean_dx);
 }
 
 /* xhat (3D) normalised gate pre-activations -> reset, cand_in, cand = tanh(reset * cand_in), update (D each);
@@ -209,6 +213,27 @@ static inline void gru_gates(int D, const float *restrict g, const float *restri
     cand[d] = tanh_f(reset[d] * cand_in[d]);
     update[d] = sigmoid_f(xhat[2 * D + d] * g[2 * D + d] + bias[2 * D + d]);
   }
+}
+
+/* GRU cell backward for one row, deter = h_prev + update * (cand - h_prev): xhat (3D) and rstd of the gate
+ * layer's LayerNorm, h_prev (D), d_h (D) -> d_h_prev (D) (the path through the update alone) and d_pre (3D);
+ * accumulates the norm's d_g, d_b unless NULL */
+static void gru_cell_backward_row(int D, const float *restrict g, const float *restrict bias,
+                                  const float *restrict xhat, float rstd, const float *restrict h_prev,
+                                  const float *restrict d_h, float *restrict d_h_prev, float *restrict d_pre,
+                                  float *restrict d_g, float *restrict d_b) {
+  float reset[D], cand_in[D], cand[D], update[D], d_gates[3 * D];
+  gru_gates(D, g, bias, xhat, reset, cand_in, cand, update);
+#pragma omp simd
+  for (int d = 0; d < D; d++) {
+    const float d_cand = d_h[d] * update[d];
+    d_h_prev[d] = d_h[d] - d_cand;
+    const float d_tanh = d_cand * (1.0f - cand[d] * cand[d]);
+    d_gates[d] = d_tanh * cand_in[d] * reset[d] * (1.0f - reset[d]);
+    d_gates[D + d] = d_tanh * reset[d];
+    d_gates[2 * D + d] = d_h[d] * (cand[d] - h_prev[d]) * update[d] * (1.0f - update[d]);
+  }
+  layer_norm_backward(3 * D, d_gates, xhat, g, rstd, d_pre, d_g, d_b);
 }
 
 /* One row of S latents: logits (S * C) -> softmax (S * C), unimix probabilities, and per latent the
@@ -366,26 +391,13 @@ void backward_output(const Scan *s, int t, const void *gru_pre) {
   /* GRU cell: deter_t = h_prev + u * (c - h_prev), c = tanh(r * cand_in) */
   for (int b = 0; b < B; b++) {
     const int64_t row = first + b;
-    float pre[3 * D], xhat[3 * D], reset[D], cand_in[D], cand[D], update[D];
+    float pre[3 * D], xhat[3 * D], d_pre[3 * D];
     load_row(3 * D, gru_pre, s->bf16, (int64_t)b * 3 * D, pre);
     const float mean = s->gru_mean[row], rstd = s->gru_rstd[row];
 #pragma omp simd
     for (int i = 0; i < 3 * D; i++) xhat[i] = (pre[i] - mean) * rstd;  /* as layer_norm: the same gates */
-    gru_gates(D, s->g_gru, s->b_gru, xhat, reset, cand_in, cand, update);
-    const float *restrict h_prev = previous_deter(s, t, b), *restrict dh = d_h + (int64_t)b * D;
-    float *restrict d_h_prev = s->d_h_prev + (int64_t)b * D;
-    float d_gates[3 * D], d_pre[3 * D];
-#pragma omp simd
-    for (int d = 0; d < D; d++) {
-      const float d_cand = dh[d] * update[d];
-      d_h_prev[d] = dh[d] - d_cand;
-      const float d_tanh = d_cand * (1.0f - cand[d] * cand[d]);
-      d_gates[d] = d_tanh * cand_in[d] * reset[d] * (1.0f - reset[d]);
-      d_gates[D + d] = d_tanh * reset[d];
-      d_gates[2 * D + d] = dh[d] * (cand[d] - h_prev[d]) * update[d] * (1.0f - update[d]);
-    }
-    layer_norm_backward(3 * D, d_gates, xhat, s->g_gru, rstd, d_pre, s->d_g_gru,
-                        s->d_b_gru);
+    gru_cell_backward_row(D, s->g_gru, s->b_gru, xhat, rstd, previous_deter(s, t, b), d_h + (int64_t)b * D,
+                          s->d_h_prev + (int64_t)b * D, d_pre, s->d_g_gru, s->d_b_gru);
     store_row(3 * D, d_pre, s->d_gru_pre, s->bf16, row * 3 * D);
   }
 }
@@ -449,5 +461,21 @@ void gru_cell_forward(int row_begin, int row_end, int D, const void *pre, int bf
     float *restrict out = h_out + r * D;
 #pragma omp simd
     for (int d = 0; d < D; d++) out[d] = h[d] + update[d] * (cand[d] - h[d]);
+  }
+}
+
+/* Rows [row_begin, row_end) of gru_cell_forward's backward, the norm's parameters frozen: pre (rows, 3D)
+ * (compute dtype) and h_prev as in the forward, d_h (rows, D) -> d_pre (rows, 3D) and d_h_prev (rows, D), the
+ * latter only the path through the update (the gate layer's path comes from d_pre's matmul). Recomputes the
+ * LayerNorm and gates from pre instead of saving them. */
+void gru_cell_backward(int row_begin, int row_end, int D, const void *pre, int bf16, const float *g,
+                       const float *bias, float eps, const float *h_prev, int ld_h, const float *d_h, float *d_pre,
+                       float *d_h_prev) {
+  for (int64_t r = row_begin; r < row_end; r++) {
+    float x[3 * D], xhat[3 * D], rstd;
+    load_row(3 * D, pre, bf16, r * 3 * D, x);
+    layer_norm(3 * D, x, NULL, NULL, eps, xhat, NULL, NULL, &rstd);
+    gru_cell_backward_row(D, g, bias, xhat, rstd, h_prev + r * ld_h, d_h + r * D, d_h_prev + r * D,
+                          d_pre + r * 3 * D, NULL, NULL);
   }
 }
