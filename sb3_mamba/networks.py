@@ -147,7 +147,7 @@ class _FrozenGRUGates(torch.autograd.Function):
     def backward(ctx: Any, d_h_next: Tensor) -> tuple[Tensor | None, ...]:
         gates, h, norm_weight, folded_bias = ctx.saved_tensors
         d_gates, d_h = native.gru_cell_backward(gates, h, norm_weight, folded_bias, ctx.eps, d_h_next)
-        return d_gates.to(gates.dtype), d_h, None, None, None
+        return d_gates, d_h, None, None, None
 
 
 class LayerNormGRUCell(nn.Module):

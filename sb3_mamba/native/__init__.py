@@ -205,8 +205,9 @@ def gru_cell_applies(pre: torch.Tensor, h_prev: torch.Tensor, state_pre: torch.T
 def gru_cell_backward(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
                       eps: float, d_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`gru_cell`'s backward (no shared rows), the norm's parameters frozen: ``d_h`` (N, D) ->
-    ``d_pre`` (N, 3D) float32 and ``d_h_prev`` (N, D) through the update gate's mix alone (the gate
-    layer's share of the state's gradient comes from ``d_pre``). The gates are recomputed from ``pre``."""
+    ``d_pre`` (N, 3D, ``pre``'s dtype) and ``d_h_prev`` (N, D) float32 through the update gate's mix
+    alone (the gate layer's share of the state's gradient comes from ``d_pre``). The gates are
+    recomputed from ``pre``."""
     library = posterior_scan_library()
     if library is None or not gru_cell_applies(pre, h_prev):
         raise RuntimeError("gru_cell_backward needs the C kernels and gru_cell's inputs")
@@ -214,7 +215,7 @@ def gru_cell_backward(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torc
     rows, D = h_prev.shape
     weight = norm_weight.detach().float().contiguous()
     bias = norm_bias.detach().float().contiguous()
-    d_pre, d_h_prev = torch.empty(rows, 3 * D), torch.empty(rows, D)
+    d_pre, d_h_prev = torch.empty(rows, 3 * D, dtype=pre.dtype), torch.empty(rows, D)
     _run_rows(library.gru_cell_backward, rows, D, pre.data_ptr(), int(pre.dtype == torch.bfloat16),
               weight.data_ptr(), bias.data_ptr(), eps, h_prev.data_ptr(), h_prev.stride(0), d_h.data_ptr(),
               d_pre.data_ptr(), d_h_prev.data_ptr())

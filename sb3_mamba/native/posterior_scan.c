@@ -465,17 +465,18 @@ void gru_cell_forward(int row_begin, int row_end, int D, const void *pre, int bf
 }
 
 /* Rows [row_begin, row_end) of gru_cell_forward's backward, the norm's parameters frozen: pre (rows, 3D)
- * (compute dtype) and h_prev as in the forward, d_h (rows, D) -> d_pre (rows, 3D) and d_h_prev (rows, D), the
- * latter only the path through the update (the gate layer's path comes from d_pre's matmul). Recomputes the
- * LayerNorm and gates from pre instead of saving them. */
+ * and h_prev as in the forward, d_h (rows, D) -> d_pre (rows, 3D, pre's compute dtype: what the gate layer's
+ * matmul backward takes) and d_h_prev (rows, D), the latter only the path through the update (the gate
+ * layer's path comes from d_pre's matmul). Recomputes the LayerNorm and gates from pre instead of saving them. */
 void gru_cell_backward(int row_begin, int row_end, int D, const void *pre, int bf16, const float *g,
-                       const float *bias, float eps, const float *h_prev, int ld_h, const float *d_h, float *d_pre,
+                       const float *bias, float eps, const float *h_prev, int ld_h, const float *d_h, void *d_pre,
                        float *d_h_prev) {
   for (int64_t r = row_begin; r < row_end; r++) {
-    float x[3 * D], xhat[3 * D], rstd;
+    float x[3 * D], xhat[3 * D], d_x[3 * D], rstd;
     load_row(3 * D, pre, bf16, r * 3 * D, x);
     layer_norm(3 * D, x, NULL, NULL, eps, xhat, NULL, NULL, &rstd);
-    gru_cell_backward_row(D, g, bias, xhat, rstd, h_prev + r * ld_h, d_h + r * D, d_h_prev + r * D,
-                          d_pre + r * 3 * D, NULL, NULL);
+    gru_cell_backward_row(D, g, bias, xhat, rstd, h_prev + r * ld_h, d_h + r * D, d_h_prev + r * D, d_x, NULL,
+                          NULL);
+    store_row(3 * D, d_x, d_pre, bf16, r * 3 * D);
   }
 }
