@@ -208,9 +208,9 @@ def gru_cell_backward(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torc
     ``d_pre`` (N, 3D, ``pre``'s dtype) and ``d_h_prev`` (N, D) float32 through the update gate's mix
     alone (the gate layer's share of the state's gradient comes from ``d_pre``). The gates are
     recomputed from ``pre``."""
-    library = posterior_scan_library()
-    if library is None or not gru_cell_applies(pre, h_prev):
+    if not gru_cell_applies(pre, h_prev):
         raise RuntimeError("gru_cell_backward needs the C kernels and gru_cell's inputs")
+    library = posterior_scan_library()
     pre, d_h = pre.contiguous(), d_h.float().contiguous()
     rows, D = h_prev.shape
     weight = norm_weight.detach().float().contiguous()
