@@ -7,9 +7,12 @@ implementation (dreamerv3-torch) writes it, on the same modules and parameters:
   ``obs_step`` does in the reference) and the posterior's input layer on
   ``cat([deter, embed])``;
 * categorical samples with ``torch.multinomial``;
-* imagination from the 8192 gathered start states (no sharing of per-state work),
-  the actor re-run for its loss, the critic run twice (targets, loss), each head
-  on its own;
+* the actor-critic losses with the reference's semantics and structure (``ImagBehavior._train``:
+  heads on every imagined state including the start, gamma * cont per state as the discount and
+  the weights, detached actor inputs, (R - v) / S for dynamics backpropagation with the
+  baseline's pathwise gradient, sg(R - v) for REINFORCE), imagination from the 8192 gathered
+  start states (no sharing of per-state work), the actor re-run for its loss, the critic run
+  twice (targets, loss), each head on its own;
 * the GRU cell on ``cat([x, h])`` with ``u * c + (1 - u) * h``, two-hot losses as
   dense ``(encode(y) * log_softmax).sum(-1)`` and means as ``(softmax * bins).sum(-1)``;
 * ATen ops only (none of ``sb3_mamba.native``'s C kernels).
@@ -91,43 +94,62 @@ def plain_starts(post: dict[str, Tensor], mask: Tensor, num: int | None) -> Imag
     return ImaginationStarts(starts.take(starts.deter), starts.take(starts.stoch))
 
 
+def reference_lambda_return(reward: Tensor, value: Tensor, pcont: Tensor, bootstrap: Tensor, lam: float) -> Tensor:
+    """The reference's lambda-return recursion, written out: inputs r + pcont * v' * (1 - lam), then
+    R_t = inputs_t + pcont_t * lam * R_{t+1} from R_T = bootstrap. All (T, N) but bootstrap (N,)."""
+    next_value = torch.cat([value[1:], bootstrap[None]])
+    inputs = reward + pcont * next_value * (1.0 - lam)
+    returns, last = [], bootstrap
+    for t in reversed(range(reward.shape[0])):
+        last = inputs[t] + pcont[t] * lam * last
+        returns.append(last)
+    return torch.stack(returns[::-1])
+
+
 def plain_losses(self: ActorCritic, world_model, start, horizon: int, discount: float, lam: float,
                  entropy: float, slow_reg: float = 1.0):
+    """The reference's ``ImagBehavior._train`` semantics on our modules, with its structure.
+
+    The reference's ``imag_horizon`` counts states with the start: ``horizon`` transitions here are
+    its ``horizon + 1``, every head runs on all states 0..horizon, the discount is gamma * cont of
+    each state, the actor reads detached features, dynamics backpropagation maximises
+    (R - v) / S with v keeping its pathwise gradient, REINFORCE uses the unscaled sg(R - v).
+    """
     start = ImaginationStarts.of(start)
     with frozen(world_model), frozen(self.critic):
         state = {"deter": start.take(start.deter).detach(), "stoch": start.take(start.stoch).detach()}
         feats, actions = [RSSM.feat(state)], []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.discrete):
-            for _ in range(horizon):
-                dist = self.policy(feats[-1].detach() if self.discrete else feats[-1])
-                action = dist.sample() if self.discrete else dist.rsample()
+            for _ in range(horizon):  # the reference also draws an action at the last state, unused
+                action = self.policy(feats[-1].detach()).sample() if self.discrete else \
+                    self.policy(feats[-1].detach()).rsample()
                 state = world_model.rssm.img_step(state, action)
                 feats.append(RSSM.feat(state))
                 actions.append(action)
-        feats, actions = torch.stack(feats), torch.stack(actions)
-        reward = world_model.two_hot.mean(world_model.reward_head(feats[1:]))
-        cont = torch.sigmoid(world_model.continue_head(feats[1:]).squeeze(-1))
-        value = self.two_hot.mean(self.critic(feats))
-        returns = lambda_returns(reward, cont, value, discount, lam)
-    weight = torch.cumprod(torch.cat([torch.ones_like(cont[:1]), discount * cont[:-1]]), 0).detach()
-    self.return_norm.update(returns)
-    scale = self.return_norm.scale()
-    dist = self.policy(feats[:-1].detach() if self.discrete else feats[:-1])
+        feats, actions = torch.stack(feats), torch.stack(actions)  # (h + 1, N, F), (h, N, A)
+        reward = world_model.two_hot.mean(world_model.reward_head(feats))  # (h + 1, N), states 0..h
+        pcont = discount * torch.sigmoid(world_model.continue_head(feats).squeeze(-1))  # (h + 1, N)
+        value = self.two_hot.mean(self.critic(feats))  # (h + 1, N)
+        target = reference_lambda_return(reward[1:], value[:-1], pcont[1:], value[-1], lam)  # (h, N)
+    weights = torch.cumprod(torch.cat([torch.ones_like(pcont[:1]), pcont[:-1]]), 0).detach()  # (h + 1, N)
+    base = value[:-1]
+    self.return_norm.update(target)
+    offset, scale = self.return_norm.low, self.return_norm.scale()
+    policy = self.policy(feats[:-1].detach())
     if self.discrete:
-        advantage = ((returns - value[:-1]) / scale).detach()
-        objective = dist.log_prob(actions) * advantage
+        actor_target = policy.log_prob(actions) * (target - self.two_hot.mean(self.critic(feats[:-1]))).detach()
     else:
-        objective = returns / scale
-    actor_entropy = dist.entropy()
-    actor_loss = -(weight * (objective + entropy * actor_entropy)).mean()
+        actor_target = (target - offset) / scale - (base - offset) / scale
+    actor_entropy = policy.entropy()
+    actor_loss = -torch.mean(weights[:-1] * (actor_target + entropy * actor_entropy))
     critic_feat = feats[:-1].detach()
     logits = self.critic(critic_feat)
     slow_target = self.two_hot.mean(self.slow_critic(critic_feat)).detach()
-    critic_nll = -self.two_hot.log_prob(logits, returns.detach())
+    critic_nll = -self.two_hot.log_prob(logits, target.detach())
     critic_nll = critic_nll - slow_reg * self.two_hot.log_prob(logits, slow_target)
-    critic_loss = (weight * critic_nll).mean()
+    critic_loss = torch.mean(weights[:-1] * critic_nll)
     metrics = {"actor_loss": actor_loss, "critic_loss": critic_loss, "actor_entropy": actor_entropy.mean(),
-               "imag_return": returns.mean(), "imag_reward": reward.mean(), "return_scale": scale}
+               "imag_return": target.mean(), "imag_reward": reward[1:].mean(), "return_scale": scale}
     return actor_loss, critic_loss, metrics
 
 

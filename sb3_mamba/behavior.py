@@ -40,29 +40,32 @@ from sb3_mamba.rssm import RSSM, State
 
 
 class ReturnNormalizer(nn.Module):
-    """EMA of the 5th and 95th return percentiles; returns are divided by max(1, p95 - p5)."""
+    """EMA of the 5th and 95th return percentiles; returns are divided by max(1, p95 - p5).
+
+    Both averages start at 0, as in the reference (``RewardEMA``) and DreamerV3: early updates
+    see a scale of ~1, which grows as the averages warm up.
+    """
 
     def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95):
         super().__init__()
         self.decay, self.low_q, self.high_q = decay, low, high
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
     def update(self, returns: Tensor) -> None:
         flat = returns.detach().flatten().float()
-        low, high = torch.quantile(flat, self.low_q), torch.quantile(flat, self.high_q)
-        if not self.initialized:
-            self.low.copy_(low)
-            self.high.copy_(high)
-            self.initialized.fill_(True)
-        else:
-            self.low.lerp_(low, 1.0 - self.decay)
-            self.high.lerp_(high, 1.0 - self.decay)
+        quantiles = torch.quantile(flat, torch.tensor([self.low_q, self.high_q], device=flat.device))
+        self.low.lerp_(quantiles[0], 1.0 - self.decay)
+        self.high.lerp_(quantiles[1], 1.0 - self.decay)
 
     def scale(self) -> Tensor:
         return (self.high - self.low).clamp_min(1.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints of sb3-mamba <= 0.1 carry an "initialized" flag (first update copied the quantiles)
+        state_dict.pop(prefix + "initialized", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, discount: float, lam: float) -> Tensor:
@@ -76,6 +79,31 @@ def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, discount: float,
         next_return = reward[t] + discount * cont[t] * ((1.0 - lam) * value[t + 1] + lam * next_return)
         returns.append(next_return)
     return torch.stack(returns[::-1])
+
+
+def trajectory_weight(cont: Tensor, discount: float) -> Tensor:
+    """Loss weight of imagined steps 0..H-1: the discounted probability that the episode reached them.
+
+    cont: (H, N) continuation probabilities of the states at steps 0..H-1 (the start state's
+    included) -> (H, N) with weight_t = prod_{k < t} discount * cont_k (weight_0 = 1), as the
+    reference weights its actor and critic losses.
+    """
+    ones = torch.ones_like(cont[:1])
+    return torch.cumprod(torch.cat([ones, discount * cont[:-1]]), 0).detach()
+
+
+def actor_objective(returns: Tensor, baseline: Tensor, scale: Tensor, log_prob: Tensor | None) -> Tensor:
+    """Per-step quantity the actor maximises (before entropy and weights), as the reference computes it.
+
+    returns, baseline: (H, N) lambda-returns R_t and critic values v(s_t) of steps 0..H-1.
+    Continuous actors (``log_prob`` None): dynamics backpropagation of (R_t - v(s_t)) / S, the
+    baseline keeping its pathwise gradient through the imagined states (v(s_0) has none: the
+    start is data). Discrete actors: REINFORCE, log pi(a_t | s_t) * sg(R_t - v(s_t)), with the
+    *unscaled* advantage (the return scale S only enters dynamics backpropagation).
+    """
+    if log_prob is None:
+        return (returns - baseline) / scale
+    return log_prob * (returns - baseline).detach()
 
 
 @contextmanager
@@ -195,7 +223,10 @@ class ActorCritic(nn.Module):
             feats.append(feat)
             actions.append(action)
             if t < horizon - 1:
-                actor_out.append(mlp_outputs(feat, [self.actor])[0])
+                # The actor reads detached features (reference ``behavior_stop_grad``, DreamerV3): its
+                # outputs at later steps never pass gradients back into earlier actions.
+                actor_in = feat if self.discrete else feat.detach()
+                actor_out.append(mlp_outputs(actor_in, [self.actor])[0])
         return (feat0, feats if self.discrete else torch.stack(feats), torch.stack(actions),
                 torch.stack(actor_out))
 
@@ -259,19 +290,17 @@ class ActorCritic(nn.Module):
             with torch.no_grad():
                 slow_target = torch.cat([self.two_hot.mean(slow0)[None],
                                          self.two_hot.mean(self.slow_critic(feats[:-1]))])
-        cont = torch.sigmoid(full_precision(cont_logits).squeeze(-1))  # (H, N)
+        cont = torch.sigmoid(full_precision(cont_logits).squeeze(-1))  # (H, N), steps 1..H
         returns = lambda_returns(reward, cont, value, discount, lam)  # (H, N)
-        # weight of step t: probability the imagined episode is still running
-        weight = torch.cumprod(torch.cat([torch.ones_like(cont[:1]), discount * cont[:-1]]), 0).detach()
+        with torch.no_grad():  # the start state's continuation enters the weights only
+            cont0 = torch.sigmoid(full_precision(start.take(continue_head(feat0))).squeeze(-1))  # (N,)
+        weight = trajectory_weight(torch.cat([cont0[None], cont[:-1]]), discount)  # (H, N)
 
         self.return_norm.update(returns)
         scale = self.return_norm.scale()
         dist = self._dist(actor_out)  # steps 0..H-1
-        if self.discrete:  # REINFORCE with the critic as baseline
-            advantage = ((returns - value[:-1]) / scale).detach()
-            objective = dist.log_prob(actions) * advantage
-        else:  # dynamics backpropagation through the model
-            objective = returns / scale
+        log_prob = dist.log_prob(actions) if self.discrete else None
+        objective = actor_objective(returns, value[:-1], scale, log_prob)
         actor_entropy = dist.entropy()
         actor_loss = -(weight * (objective + entropy * actor_entropy)).mean()
 

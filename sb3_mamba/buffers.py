@@ -77,7 +77,12 @@ class MetaEpisodeBuffer:
 
     # -- writing ---------------------------------------------------------------
     def _action_vector(self, action: Any) -> np.ndarray:
-        if isinstance(self.action_space, spaces.Discrete):
+        """One env's action as the vector the world model consumes (A,).
+
+        Discrete: a one-hot vector, or an index that is turned into one. Box: the actor's
+        action in [-1, 1] (what the RSSM is filtered and imagined with), not the env's units.
+        """
+        if isinstance(self.action_space, spaces.Discrete) and np.ndim(action) == 0:
             one_hot = np.zeros(self.action_dim, dtype=np.float32)
             one_hot[int(action) - int(self.action_space.start)] = 1.0
             return one_hot

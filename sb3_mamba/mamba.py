@@ -70,9 +70,13 @@ class MAMBA(BaseAlgorithm):
     :param wm_indices: L_wm, world-model prediction indices per sequence (64); None: every step.
     :param ac_indices: L_ac, imagination starts per sequence (512); None: every step.
     :param wm_horizon_initial: H' at the start of training (50); None or >= H: no schedule.
-    :param wm_horizon_steps: N_WM, env steps until H' = H (5e6; 15e6 for Humanoid-Dir).
+    :param wm_horizon_steps: N_WM, real env steps until H' = H (2.5e6: the paper's "5e6" counted
+        by the reference's logger, which counts every training env step twice; Humanoid-Dir 7.5e6).
     :param meta_episode_length: H; read from the env (``horizon`` of our envs) when None.
-    :param imag_horizon: imagination steps (10; reference 2 on Rooms and PRN; Dreamer-Vanilla 15).
+    :param imag_horizon: imagined transitions, i.e. lambda-return targets per start (9). The
+        reference's ``imag_horizon: h`` counts the start state too and trains on h - 1 targets: its
+        10 (MAMBA's default; PRN-Wind, EscapeRoom, Reacher) is 9 here, its 2 (Rooms, PRN) is 1,
+        Dreamer-Vanilla's 15 is 14.
     :param discount: gamma (0.997).
     :param return_lambda: lambda of the lambda-returns (0.95).
     :param ent_coef: actor entropy scale (3e-4).
@@ -123,7 +127,7 @@ class MAMBA(BaseAlgorithm):
         wm_indices: int | None = None,
         ac_indices: int | None = None,
         wm_horizon_initial: int | None = None,
-        wm_horizon_steps: int = 5_000_000,
+        wm_horizon_steps: int = 2_500_000,
         meta_episode_length: int | None = None,
         imag_horizon: int | None = None,
         discount: float = 0.997,
@@ -347,7 +351,9 @@ class MAMBA(BaseAlgorithm):
 
         final_obs = _replace_done_obs(new_obs, dones, infos)
         terminated = np.array([d and not info.get("TimeLimit.truncated", False) for d, info in zip(dones, infos)])
-        self.replay_buffer.add(obs, final_obs, env_actions, rewards, terminated, dones)
+        # the model's action vectors (one-hot; the actor's [-1, 1] for Box), not the env's units: the
+        # world model trains on the scale it is filtered and imagined with
+        self.replay_buffer.add(obs, final_obs, action_vec.cpu().numpy(), rewards, terminated, dones)
         for done, info in zip(dones, infos):
             if done:
                 self._episode_num += 1

@@ -37,8 +37,9 @@ class RSSMPolicy(BasePolicy):
     :param units: width of heads, actor and critic MLPs (MAMBA 128, Dreamer-Vanilla 512).
     :param head_layers: hidden layers of the reward/continue heads.
     :param actor_critic_layers: hidden layers of actor and critic.
-    :param encoder_units: width of the vector encoder/decoder MLP.
-    :param encoder_layers: layers of the vector encoder/decoder MLP.
+    :param encoder_units: width of the vector encoder/decoder MLP (512, the reference's `mlp_units`).
+    :param encoder_layers: layers of the vector encoder/decoder MLP (2; the reference uses 4 on Rooms, PRN,
+        PRN-Wind and EscapeRoom: hyperparams/mamba.yml).
     :param cnn_depth: channels of the first conv layer for image observations.
     :param dyn_deter, dyn_stoch, dyn_discrete, dyn_hidden: RSSM sizes.
     :param unimix: uniform mixture of the latent categoricals.
@@ -54,8 +55,8 @@ class RSSMPolicy(BasePolicy):
         units: int = 128,
         head_layers: int = 2,
         actor_critic_layers: int = 2,
-        encoder_units: int = 128,
-        encoder_layers: int = 4,
+        encoder_units: int = 512,
+        encoder_layers: int = 2,
         cnn_depth: int = 32,
         dyn_deter: int = 512,
         dyn_stoch: int = 16,

@@ -119,7 +119,7 @@ class WorldModel(nn.Module):
     """
 
     def __init__(self, observation_space: spaces.Space, action_dim: int, units: int = 128, head_layers: int = 2,
-                 encoder_units: int = 128, encoder_layers: int = 4, cnn_depth: int = 32, deter: int = 512,
+                 encoder_units: int = 512, encoder_layers: int = 2, cnn_depth: int = 32, deter: int = 512,
                  stoch: int = 16, classes: int = 16, hidden: int = 64, unimix: float = 0.01):
         super().__init__()
         self.vector_sizes, self.image_shapes = split_observation_space(observation_space)
