@@ -29,6 +29,48 @@ from sb3_mamba.mamba import MAMBA
 HYPERPARAMS_DIR = Path(__file__).resolve().parents[1] / "hyperparams"
 
 
+def _literal_call(text: str, key: str) -> dict[str, Any]:
+    """A YAML string such as ``"dict(encoder_units=512)"`` as a dict, without running code.
+
+    rl_zoo3 ``eval``s these strings; a file read here may come from anywhere, so only ``dict(...)``
+    with literal arguments is accepted.
+    """
+    import ast
+
+    try:
+        tree = ast.parse(text, mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"{key}: {text!r} is not a dict(...) expression") from exc
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "dict"
+            and not tree.args):
+        raise ValueError(f"{key}: only dict(name=literal, ...) is accepted, got {text!r}")
+    try:
+        return {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+    except ValueError as exc:
+        raise ValueError(f"{key}: arguments of {text!r} must be literals") from exc
+
+
+def load_hyperparams(algo: str, env_id: str, conf_file: str | Path | None = None) -> dict[str, Any]:
+    """The entry of ``hyperparams/<algo>.yml`` for ``env_id``, as constructor arguments.
+
+    ``policy_kwargs`` and ``monitor_kwargs`` strings become dicts (literals only); ``n_envs``,
+    ``n_timesteps``, ``policy`` and ``monitor_kwargs`` stay in the returned dict for the caller to
+    take out. ``KeyError`` names the env if the file has no entry for it.
+    """
+    import yaml
+
+    path = Path(conf_file) if conf_file is not None else HYPERPARAMS_DIR / f"{algo}.yml"
+    with open(path) as file:
+        table = yaml.safe_load(file)
+    if env_id not in table:
+        raise KeyError(f"{path} has no entry for {env_id!r}")
+    params = dict(table[env_id])
+    for key in ("policy_kwargs", "monitor_kwargs"):
+        if isinstance(params.get(key), str):
+            params[key] = _literal_call(params[key], key)
+    return params
+
+
 class DreamerTune(MAMBA):
     """MAMBA's implementation with ``preset="dreamer_tune"`` (plain DreamerV3 with MAMBA's sizes)."""
 

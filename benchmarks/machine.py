@@ -1,0 +1,39 @@
+"""What machine a figure was measured on: CPU model, vector extensions, cores, torch and its threads."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+_VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def machine_info() -> dict[str, object]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                if line.startswith("model name") and model in ("", platform.machine(), platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "vector_extensions": [flag for flag in _VECTOR_FLAGS if flag in flags],
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def describe(info: dict[str, object] | None = None) -> str:
+    info = info or machine_info()
+    extensions = ", ".join(info["vector_extensions"]) or "none of " + ", ".join(_VECTOR_FLAGS[:3])
+    return (f"{info['cpu']} ({extensions}); {info['cores']} cores; torch {info['torch']}, "
+            f"{info['torch_threads']} threads" + (f"; GPU {info['cuda']}" if info["cuda"] else ""))
