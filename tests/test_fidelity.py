@@ -1,0 +1,196 @@
+"""The semantics of the paper's reference implementation (zoharri/mamba @ 411bdfe), one test per fact.
+
+These tests check what the update computes, not that two of our paths agree
+(``tests/test_equivalence.py`` does that): each one fails on a behaviour the
+reference does not have.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from sb3_mamba import MAMBA
+from sb3_mamba.behavior import ActorCritic, ReturnNormalizer, actor_objective, trajectory_weight
+from sb3_mamba.presets import PRESETS
+from sb3_mamba.world_model import WorldModel
+from sb3_mamba.zoo import HYPERPARAMS_DIR, load_hyperparams
+
+SMALL = dict(units=16, head_layers=1, encoder_units=16, encoder_layers=1, deter=16, stoch=3, classes=4, hidden=8)
+
+
+# -- actor-critic -------------------------------------------------------------------------------
+def test_dynamics_objective_keeps_the_baselines_pathwise_gradient():
+    returns = torch.tensor([[2.0, 4.0]], requires_grad=True)
+    baseline = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    scale = torch.tensor(2.0)
+    objective = actor_objective(returns, baseline, scale, log_prob=None)
+    torch.testing.assert_close(objective, torch.tensor([[0.5, 1.5]]))
+    objective.sum().backward()
+    torch.testing.assert_close(baseline.grad, torch.full((1, 2), -0.5))  # -1 / S: not detached
+    torch.testing.assert_close(returns.grad, torch.full((1, 2), 0.5))
+
+
+def test_reinforce_advantage_is_unscaled_and_detached():
+    returns = torch.tensor([[5.0]], requires_grad=True)
+    baseline = torch.tensor([[1.0]], requires_grad=True)
+    log_prob = torch.tensor([[-0.5]], requires_grad=True)
+    objective = actor_objective(returns, baseline, torch.tensor(10.0), log_prob)
+    torch.testing.assert_close(objective, torch.tensor([[-2.0]]))  # log pi * (R - v), no / S
+    objective.sum().backward()
+    torch.testing.assert_close(log_prob.grad, torch.tensor([[4.0]]))
+    assert returns.grad is None and baseline.grad is None
+
+
+def test_weights_use_the_start_states_continuation():
+    cont = torch.tensor([[0.5], [0.8], [1.0]])  # states 0, 1, 2
+    weight = trajectory_weight(cont, discount=0.9)
+    torch.testing.assert_close(weight, torch.tensor([[1.0], [0.9 * 0.5], [0.9 * 0.5 * 0.9 * 0.8]]))
+
+
+def test_return_percentiles_start_at_zero():
+    norm = ReturnNormalizer(decay=0.99)
+    norm.update(torch.linspace(0, 100, 1001))
+    # EMA from 0 as the reference's RewardEMA: 0.01 * 5 and 0.01 * 95
+    assert norm.low.item() == pytest.approx(0.05) and norm.high.item() == pytest.approx(0.95)
+    assert norm.scale().item() == 1.0
+
+
+def test_old_checkpoints_of_the_normalizer_still_load():
+    state = {"low": torch.tensor(1.0), "high": torch.tensor(3.0), "initialized": torch.tensor(True)}
+    norm = ReturnNormalizer()
+    norm.load_state_dict(state)
+    assert norm.scale().item() == 2.0
+
+
+def _continuous_actor_critic():
+    torch.manual_seed(0)
+    wm = WorldModel(spaces.Box(-1, 1, (5,), np.float32), action_dim=2, **SMALL)
+    ac = ActorCritic(wm.rssm.feat_dim, spaces.Box(-1, 1, (2,), np.float32), units=16, layers=1)
+    return wm, ac
+
+
+def test_actor_reads_detached_features_in_imagination():
+    wm, ac = _continuous_actor_critic()
+    start = wm.rssm.initial(6)
+    start = {"deter": torch.randn_like(start["deter"]), "stoch": start["stoch"]}
+    from sb3_mamba.behavior import ImaginationStarts, frozen
+
+    with frozen(wm):
+        _, feats, actions, actor_out = ac.imagine(wm.rssm, ImaginationStarts.of(start), horizon=2)
+    params = list(ac.actor.parameters())
+    through_rollout = torch.autograd.grad(actor_out[1].sum(), params, retain_graph=True)
+    direct = torch.autograd.grad(ac.actor(feats[0].detach()).sum(), params)
+    # with the stop-gradient the step-1 output depends on the actor's parameters only directly
+    for g_rollout, g_direct in zip(through_rollout, direct, strict=True):
+        torch.testing.assert_close(g_rollout, g_direct)
+    # ... while the features themselves still carry the gradient into earlier actions (dynamics backprop)
+    assert torch.autograd.grad(feats[0].sum(), params, allow_unused=True)[0] is not None
+
+
+def test_imag_horizon_counts_transitions():
+    wm, ac = _continuous_actor_critic()
+    start = wm.rssm.initial(4)
+    from sb3_mamba.behavior import ImaginationStarts, frozen
+
+    with frozen(wm):
+        feat0, feats, actions, actor_out = ac.imagine(wm.rssm, ImaginationStarts.of(start), horizon=1)
+    # the reference's imag_horizon 2 (Rooms, PRN): start + 1 imagined state, 1 action, 1 return target
+    assert feats.shape[0] == 1 and actions.shape[0] == 1 and actor_out.shape[0] == 1
+    assert PRESETS["mamba"]["imag_horizon"] == 9  # the reference's 10
+    assert PRESETS["dreamer_vanilla"]["imag_horizon"] == 14  # the reference's 15
+
+
+# -- replay ------------------------------------------------------------------------------------
+class WideBoxEnv(gym.Env):
+    """Actions in [-2, 3]; records what it received. One episode of 12 steps."""
+
+    horizon = 12
+
+    def __init__(self):
+        self.observation_space = spaces.Box(-10, 10, (2,), np.float32)
+        self.action_space = spaces.Box(-2.0, 3.0, (1,), np.float32)
+        self.received: list[float] = []
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.received.append(float(np.asarray(action).reshape(-1)[0]))
+        self.t += 1
+        return np.full(2, self.t / 12, np.float32), float(action[0]), False, self.t >= 12, {}
+
+
+def test_replay_stores_the_actions_the_model_consumes():
+    env = WideBoxEnv()
+    model = MAMBA("RSSMPolicy", env, seed=0, prefill_episodes=1, batch_size=2, train_ratio=0.1, wm_indices=4,
+                  ac_indices=4, imag_horizon=1, units=16, dyn_deter=16, dyn_stoch=2, dyn_discrete=2, dyn_hidden=8,
+                  policy_kwargs=dict(encoder_units=16, encoder_layers=1, actor_critic_layers=1, head_layers=1))
+    model.learn(48)  # one prefill episode, then the actor's
+    stored = np.concatenate([episode["action"][1:, 0] for episode in model.replay_buffer.episodes])
+    received = np.array(env.received[: len(stored)])
+    assert stored.min() >= -1.0 and stored.max() <= 1.0
+    assert received.min() < -1.0 or received.max() > 1.0  # the env saw its own units
+    np.testing.assert_allclose(-2.0 + (stored + 1.0) * 0.5 * 5.0, received, rtol=1e-5, atol=1e-5)
+
+
+# -- per-env settings of the zoo files ---------------------------------------------------------------
+#: env ID -> (real env steps, H' at step 0, imag_horizon, encoder layers, train_ratio): the reference's
+#: configs.yaml block with its doubled step counter halved and its imag_horizon less one
+REFERENCE_RUNS = {
+    "MetaPointRobot-v0": (1e6, 300, 1, 4, 0.01 / 3),
+    "MetaPointRobotWind-v0": (1e6, 300, 9, 4, 0.2 / 3),
+    "MetaEscapeRoom-v0": (2e6, 120, 9, 4, 0.2 / 2),
+    "MetaRooms-3-v0": (3e6, 50, 1, 4, 0.1 / 2),
+    "MetaReacher-1-v0": (1e7, 50, 9, 2, 0.03 / 3),
+    "MetaPandaReacher-v0": (1e7, 50, 9, 2, 0.06 / 3),
+    "MetaHumanoidDir-v0": (1.5e7, 50, 9, 2, 0.03 / 2),
+}
+
+
+@pytest.mark.parametrize("env_id", sorted(REFERENCE_RUNS))
+def test_zoo_entries_match_the_reference_runs(env_id):
+    budget, initial, imag_horizon, encoder_layers, ratio = REFERENCE_RUNS[env_id]
+    params = load_hyperparams("mamba", env_id)
+    assert params["n_timesteps"] == budget
+    assert params["wm_horizon_initial"] == initial
+    assert params["imag_horizon"] == imag_horizon
+    assert params["train_ratio"] == pytest.approx(ratio, rel=1e-9)
+    assert params["policy_kwargs"]["encoder_units"] == 512
+    assert params["policy_kwargs"]["encoder_layers"] == encoder_layers
+    if initial == 50:  # reference N_WM "5e6" ("15e6" on Humanoid-Dir) on its doubled counter
+        assert params["wm_horizon_steps"] == (7.5e6 if env_id == "MetaHumanoidDir-v0" else 2.5e6)
+    assert params.get("n_envs") == (1 if env_id == "MetaPandaReacher-v0" else 10)
+
+
+@pytest.mark.parametrize("env_id", ["MetaPointRobot-v0", "MetaPointRobotWind-v0", "MetaEscapeRoom-v0"])
+def test_no_horizon_schedule_where_the_reference_starts_at_h(env_id):
+    params = load_hyperparams("mamba", env_id)
+    kwargs = {k: v for k, v in params.items() if k not in ("policy", "n_envs", "n_timesteps", "monitor_kwargs")}
+    kwargs["policy_kwargs"] = {**kwargs["policy_kwargs"], "encoder_units": 16}
+    model = MAMBA("RSSMPolicy", env_id, **{**kwargs, "dyn_deter": 16, "units": 16})
+    assert model.wm_horizon() == model.meta_episode_length  # H' = H at step 0
+
+
+def test_baseline_files_share_budgets_and_horizons():
+    for algo in ("dreamer_tune", "dreamer_vanilla"):
+        for env_id, (budget, *_rest) in REFERENCE_RUNS.items():
+            assert load_hyperparams(algo, env_id)["n_timesteps"] == budget, (algo, env_id)
+    assert load_hyperparams("dreamer_tune", "MetaPointRobotWind-v0")["imag_horizon"] == 9
+    assert (HYPERPARAMS_DIR / "mamba.yml").is_file()
+
+
+def test_yaml_strings_never_run_code(tmp_path):
+    conf = tmp_path / "evil.yml"
+    conf.write_text('MetaPointRobot-v0:\n  policy_kwargs: "__import__(\'os\').system(\'echo pwned\')"\n')
+    with pytest.raises(ValueError, match="dict"):
+        load_hyperparams("mamba", "MetaPointRobot-v0", conf)
+    conf.write_text('MetaPointRobot-v0:\n  policy_kwargs: "dict(x=open(\'f\'))"\n')
+    with pytest.raises(ValueError, match="literals"):
+        load_hyperparams("mamba", "MetaPointRobot-v0", conf)
