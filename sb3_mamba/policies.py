@@ -119,7 +119,9 @@ class RSSMPolicy(BasePolicy):
     def act(self, obs: Any, state: RecurrentState | None, episode_start: Tensor,
             deterministic: bool = False) -> tuple[Tensor, RecurrentState]:
         """One acting step: returns the action vector (one-hot for Discrete, in [-1, 1] for Box) and the state."""
-        deter, stoch, _ = self.observe(obs, state, episode_start, sample=not deterministic)
+        # The latent is sampled either way: ``deterministic`` takes the actor's mode only, as the
+        # reference evaluates (``collect_dyn_sample``, ``actor.mode()``) and DreamerV3 acts.
+        deter, stoch, _ = self.observe(obs, state, episode_start, sample=True)
         dist = self.actor_critic.policy(RSSM.feat({"deter": deter, "stoch": stoch}))
         if deterministic:
             action = dist.mode()

@@ -194,3 +194,16 @@ def test_yaml_strings_never_run_code(tmp_path):
     conf.write_text('MetaPointRobot-v0:\n  policy_kwargs: "dict(x=open(\'f\'))"\n')
     with pytest.raises(ValueError, match="literals"):
         load_hyperparams("mamba", "MetaPointRobot-v0", conf)
+
+
+def test_deterministic_acting_takes_the_actor_mode_on_a_sampled_latent():
+    from tests.test_mamba import TINY, rooms_env
+
+    model = MAMBA("RSSMPolicy", rooms_env(), seed=0, **TINY)
+    obs = np.zeros((2, 4), np.float32)
+    states = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        states.append(model.predict(obs, deterministic=True)[1][1])  # the latent (stoch)
+    np.testing.assert_array_equal(states[0], states[1])
+    assert not np.array_equal(states[0], states[2])  # the reference samples the latent at evaluation too
