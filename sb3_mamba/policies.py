@@ -43,6 +43,8 @@ class RSSMPolicy(BasePolicy):
     :param cnn_depth: channels of the first conv layer for image observations.
     :param dyn_deter, dyn_stoch, dyn_discrete, dyn_hidden: RSSM sizes.
     :param unimix: uniform mixture of the latent categoricals.
+    :param reconstruction_window: window of the reference's extra world-model heads (3; 0 turns them
+        off; see :mod:`sb3_mamba.world_model`).
     :param actor_unimix: uniform mixture of the discrete actor.
     :param model_lr, actor_lr, critic_lr: Adam learning rates.
     :param model_eps, actor_critic_eps: Adam epsilons.
@@ -63,6 +65,7 @@ class RSSMPolicy(BasePolicy):
         dyn_discrete: int = 16,
         dyn_hidden: int = 64,
         unimix: float = 0.01,
+        reconstruction_window: int = 3,
         actor_unimix: float = 0.01,
         model_lr: float = 1e-4,
         actor_lr: float = 3e-5,
@@ -77,6 +80,7 @@ class RSSMPolicy(BasePolicy):
             observation_space, self.action_dim, units=units, head_layers=head_layers, encoder_units=encoder_units,
             encoder_layers=encoder_layers, cnn_depth=cnn_depth, deter=dyn_deter, stoch=dyn_stoch,
             classes=dyn_discrete, hidden=dyn_hidden, unimix=unimix,
+            reconstruction_window=reconstruction_window,
         )
         self.actor_critic = ActorCritic(
             self.world_model.rssm.feat_dim, action_space, units=units, layers=actor_critic_layers,

@@ -8,7 +8,14 @@ steps), so the cost of the heads does not grow with H'.
 Observations: a ``Box`` (vector ``(D,)`` or uint8 image ``(H, W, C)``, or
 ``(C, H, W)`` as SB3's ``VecTransposeImage`` hands it over) or a ``Dict`` of those. Vector keys are concatenated, symlog-ed and go through an
 MLP; image keys through a DreamerV3 CNN (depth 32, kernel 4, stride 2, down
-to 4x4). Shapes: ``B`` batch, ``T`` time, ``L`` sampled indices.
+to 4x4). Shapes: ``B`` batch, ``T`` time, ``L`` sampled indices, ``W`` reconstruction window.
+
+The reference implementation (``reconstruction_window: 3``, on in every env)
+adds a second set of heads, not described in the paper: for each sampled index
+``t`` and each step ``k`` of the window ``t - p .. t + p`` (``p = (W - 1) / 2``) they
+predict the observation, reward and continuation of step ``k + 1`` from the
+features and the embedding of step ``k``. :func:`window_steps` gives those steps;
+the pairing of features with windows follows the reference exactly (see there).
 """
 
 from __future__ import annotations
@@ -60,6 +67,32 @@ def sample_valid_indices(mask: Tensor, num: int) -> Tensor:
     from each sequence's valid steps (MAMBA's L sampled indices)."""
     lengths = mask.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
     return (torch.rand(mask.shape[0], num, device=mask.device) * lengths).long()
+
+
+def gather_steps(x: Tensor, index: Tensor) -> Tensor:
+    """(B, T, ...) and (B, M) step indices -> (B, M, ...) the steps of each sequence."""
+    expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return torch.gather(x, 1, expanded)
+
+
+def window_steps(index: Tensor, mask: Tensor, window: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The reference's reconstruction window around sampled indices.
+
+    index (B, L) sampled steps, mask (B, T) valid steps (valid steps first), odd ``window`` W.
+    Returns (embed_step, target_step, valid), each (B, L * W), window-major within each
+    sampled index: entry ``l * W + w`` is step ``k = index[l] + w - p`` (its embedding is an
+    input) and step ``k + 1`` (its data is the target); ``valid`` is 0 where ``k < 0`` or
+    ``k + 1`` is past the sequence's valid steps (the steps themselves are clamped into range).
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"reconstruction_window must be a positive odd number, got {window}.")
+    length = mask.shape[1]
+    offsets = torch.arange(window, device=index.device) - (window - 1) // 2  # (W,)
+    embed_step = (index.unsqueeze(-1) + offsets).flatten(1)  # (B, L * W)
+    target_step = embed_step + 1  # (B, L * W)
+    lengths = mask.sum(1, keepdim=True)  # (B, 1)
+    valid = (embed_step >= 0) & (target_step < lengths)  # (B, L * W)
+    return embed_step.clamp(0, length - 1), target_step.clamp(0, length - 1), valid.to(mask.dtype)
 
 
 class ConvEncoder(nn.Module):
@@ -116,11 +149,14 @@ class WorldModel(nn.Module):
     :param encoder_units, encoder_layers: the vector encoder/decoder MLP.
     :param cnn_depth: channels of the first conv layer (doubling per layer).
     :param deter, stoch, classes, hidden, unimix: the RSSM (see :class:`RSSM`).
+    :param reconstruction_window: W, the window of the reference's extra heads (module docstring);
+        odd, 0 turns them off (default 3, the reference's).
     """
 
     def __init__(self, observation_space: spaces.Space, action_dim: int, units: int = 128, head_layers: int = 2,
                  encoder_units: int = 512, encoder_layers: int = 2, cnn_depth: int = 32, deter: int = 512,
-                 stoch: int = 16, classes: int = 16, hidden: int = 64, unimix: float = 0.01):
+                 stoch: int = 16, classes: int = 16, hidden: int = 64, unimix: float = 0.01,
+                 reconstruction_window: int = 3):
         super().__init__()
         self.vector_sizes, self.image_shapes = split_observation_space(observation_space)
         self.vector_keys = sorted(self.vector_sizes)
@@ -145,6 +181,21 @@ class WorldModel(nn.Module):
         self.two_hot = TwoHot()
         self.reward_head = mlp(feat, units, head_layers, out_dim=self.two_hot.num_bins, zero_out=True)
         self.continue_head = mlp(feat, units, head_layers, out_dim=1)
+
+        if reconstruction_window < 0 or (reconstruction_window and reconstruction_window % 2 == 0):
+            raise ValueError(f"reconstruction_window must be 0 or odd, got {reconstruction_window}.")
+        self.reconstruction_window = reconstruction_window
+        self.window_heads = nn.ModuleDict()
+        if reconstruction_window:
+            # the same shapes as the heads above, reading [features, embedding]
+            feat_embed = feat + embed_dim
+            if self.vector_dim:
+                self.window_heads["vector"] = mlp(feat_embed, encoder_units, encoder_layers, out_dim=self.vector_dim)
+            for key, (shape, first) in self.image_shapes.items():
+                self.window_heads[f"image_{key}"] = ConvDecoder(feat_embed, shape, cnn_depth, first)
+            self.window_heads["reward"] = mlp(feat_embed, units, head_layers, out_dim=self.two_hot.num_bins,
+                                              zero_out=True)
+            self.window_heads["continue"] = mlp(feat_embed, units, head_layers, out_dim=1)
 
     # -- observations --------------------------------------------------------------
     def preprocess(self, obs: Any) -> dict[str, Tensor]:
@@ -197,14 +248,12 @@ class WorldModel(nn.Module):
         feat = RSSM.feat(post)  # (B, T, F)
         if num_indices is None:
             index_mask = maskf
+            index = torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)  # (B, T)
             pick = lambda x: x  # noqa: E731
         else:
             index = sample_valid_indices(mask, num_indices)  # (B, L)
             index_mask = torch.ones_like(index, dtype=maskf.dtype)
-
-            def pick(x: Tensor) -> Tensor:
-                expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
-                return torch.gather(x, 1, expanded)
+            pick = lambda x: gather_steps(x, index)  # noqa: E731
 
         feat_l = pick(feat)  # (B, L, F)
         count = index_mask.sum().clamp_min(1.0)
@@ -225,6 +274,8 @@ class WorldModel(nn.Module):
             self.continue_head(feat_l).squeeze(-1), cont_target, reduction="none"
         )
         losses["continue_loss"] = (cont_nll * index_mask).sum() / count
+        if self.reconstruction_window:
+            losses.update(self.window_losses(feat_l, embed, obs, reward, terminated, mask, index, index_mask))
 
         total = sum(losses.values()) + dyn_scale * dyn_loss + rep_scale * rep_loss
         metrics = {
@@ -235,3 +286,38 @@ class WorldModel(nn.Module):
             "wm_loss": total,
         }
         return total, metrics, post
+
+    def window_losses(self, feat_l: Tensor, embed: Tensor, obs: dict[str, Tensor], reward: Tensor,
+                      terminated: Tensor, mask: Tensor, index: Tensor, index_mask: Tensor) -> dict[str, Tensor]:
+        """The reference's reconstruction-window losses (module docstring).
+
+        feat_l (B, L, F) features at the sampled ``index`` (B, L); embed (B, T, E); the data as in
+        :meth:`loss`. Each loss is a mean over all B * L * W window entries, the out-of-range
+        ones counted as zeros, as the reference's ``-mean(log_prob * mask)``.
+        """
+        window = self.reconstruction_window
+        embed_step, target_step, valid = window_steps(index, mask, window)  # (B, L * W) each
+        valid = valid * index_mask.repeat_interleave(window, dim=1)  # (B, L * W)
+        count = index_mask.sum().clamp_min(1.0) * window
+        # The reference tiles the features (``feat.repeat(1, W, 1)``: entry j reads the features of
+        # sampled index j mod L) while the windows are laid out per index (entry j belongs to index
+        # j // W): a window's embeddings and targets meet the features of another sampled step of the
+        # same sequence. We pair them the same way.
+        feat_tiled = feat_l.repeat(1, window, 1)  # (B, L * W, F)
+        inputs = torch.cat([feat_tiled, gather_steps(embed, embed_step)], dim=-1)  # (B, L * W, F + E)
+        target = lambda x: gather_steps(x, target_step)  # noqa: E731
+        losses = {}
+        if self.vector_dim:
+            error = (self.window_heads["vector"](inputs) - symlog(target(obs[VECTOR_KEY]))) ** 2  # (B, L * W, D)
+            losses["window_decoder_loss"] = (error.sum(-1) * valid).sum() / count
+        for key in self.image_shapes:
+            image = target(obs[key])  # (B, L * W, H, W, C)
+            prediction = self.window_heads[f"image_{key}"](inputs.flatten(0, 1)).reshape(image.shape)
+            losses[f"window_image_loss_{key}"] = (((prediction - image) ** 2).sum((-3, -2, -1)) * valid).sum() / count
+        reward_nll = -self.two_hot.log_prob(self.window_heads["reward"](inputs), target(reward))  # (B, L * W)
+        losses["window_reward_loss"] = (reward_nll * valid).sum() / count
+        cont_nll = F.binary_cross_entropy_with_logits(
+            self.window_heads["continue"](inputs).squeeze(-1), 1.0 - target(terminated.float()), reduction="none"
+        )  # (B, L * W)
+        losses["window_continue_loss"] = (cont_nll * valid).sum() / count
+        return losses

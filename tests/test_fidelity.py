@@ -16,7 +16,8 @@ from gymnasium import spaces
 from sb3_mamba import MAMBA
 from sb3_mamba.behavior import ActorCritic, ReturnNormalizer, actor_objective, trajectory_weight
 from sb3_mamba.presets import PRESETS
-from sb3_mamba.world_model import WorldModel
+from sb3_mamba.distributions import symlog
+from sb3_mamba.world_model import WorldModel, window_steps
 from sb3_mamba.zoo import HYPERPARAMS_DIR, load_hyperparams
 
 SMALL = dict(units=16, head_layers=1, encoder_units=16, encoder_layers=1, deter=16, stoch=3, classes=4, hidden=8)
@@ -207,3 +208,100 @@ def test_deterministic_acting_takes_the_actor_mode_on_a_sampled_latent():
         states.append(model.predict(obs, deterministic=True)[1][1])  # the latent (stoch)
     np.testing.assert_array_equal(states[0], states[1])
     assert not np.array_equal(states[0], states[2])  # the reference samples the latent at evaluation too
+
+
+# -- the reference's reconstruction window (reconstruction_window: 3, models.py) -------------------
+WINDOW_WM = dict(units=16, head_layers=1, encoder_units=16, encoder_layers=1, deter=16, stoch=3, classes=4,
+                 hidden=8)
+
+
+def test_window_steps_pair_each_embedding_with_the_next_steps_data():
+    """Around index t the window reads the embeddings of t-1, t, t+1 and predicts steps t, t+1, t+2;
+    entries whose embedding precedes step 0 or whose target lies past the valid steps are masked."""
+    index = torch.tensor([[0, 2], [1, 1]])  # (B, L)
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])  # the second sequence has 3 valid steps
+    embed_step, target_step, valid = window_steps(index, mask, 3)
+    assert embed_step.tolist() == [[0, 0, 1, 1, 2, 3], [0, 1, 2, 0, 1, 2]]
+    assert target_step.tolist() == [[0, 1, 2, 2, 3, 3], [1, 2, 3, 1, 2, 3]]
+    assert valid.tolist() == [[0, 1, 1, 1, 1, 0], [1, 1, 0, 1, 1, 0]]
+    assert window_steps(index, mask, 1)[1].tolist() == [[1, 3], [2, 2]]  # W = 1: the next step only
+    with pytest.raises(ValueError, match="odd"):
+        window_steps(index, mask, 2)
+
+
+def window_world_model(window: int = 3) -> WorldModel:
+    torch.manual_seed(0)
+    return WorldModel(spaces.Box(-10, 10, (1,), np.float32), action_dim=2, reconstruction_window=window, **WINDOW_WM)
+
+
+def test_window_heads_pair_windows_with_tiled_features_as_the_reference_does():
+    """The reference's ``feat.repeat(1, W, 1)`` tiles: entry j reads the features of sampled index
+    j mod L and the embedding of window step j (index j // W)."""
+    wm = window_world_model()
+    B, T, L, W = 2, 8, 4, 3
+    feat_l = torch.randn(B, L, wm.rssm.feat_dim)
+    embed = torch.randn(B, T, wm.embed_dim)
+    index = torch.randint(0, T, (B, L))
+    seen = {}
+    wm.window_heads["reward"].register_forward_hook(lambda m, args, out: seen.update(inputs=args[0]))
+    obs = {"vector": torch.randn(B, T, 1)}
+    wm.window_losses(feat_l, embed, obs, torch.zeros(B, T), torch.zeros(B, T), torch.ones(B, T), index,
+                     torch.ones(B, L))
+    inputs = seen["inputs"]  # (B, L * W, F + E)
+    embed_step, _, _ = window_steps(index, torch.ones(B, T), W)
+    for j in range(L * W):
+        torch.testing.assert_close(inputs[:, j, : wm.rssm.feat_dim], feat_l[:, j % L])
+        torch.testing.assert_close(inputs[:, j, wm.rssm.feat_dim :], embed[torch.arange(B), embed_step[:, j]])
+
+
+class _ReadStep(torch.nn.Module):
+    """A window decoder that outputs symlog(step + shift), the step read from the embedding's last column."""
+
+    def __init__(self, shift: int):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, inputs):
+        return symlog(inputs[..., -1:] + self.shift)
+
+
+def test_window_decoder_targets_the_step_after_its_embedding_and_averages_over_all_entries():
+    wm = window_world_model()
+    B, T, L = 2, 6, 5
+    obs = {"vector": torch.arange(T, dtype=torch.float32).expand(B, T).unsqueeze(-1)}  # obs_t = t
+    embed = torch.zeros(B, T, wm.embed_dim)
+    embed[..., -1] = torch.arange(T, dtype=torch.float32)  # the embedding of step k carries k
+    index = torch.randint(0, T, (B, L))
+    args = (torch.zeros(B, L, wm.rssm.feat_dim), embed, obs, torch.zeros(B, T), torch.zeros(B, T),
+            torch.ones(B, T), index, torch.ones(B, L))
+    wm.window_heads["vector"] = _ReadStep(shift=1)  # predicts obs_{k+1} from embed_k
+    assert wm.window_losses(*args)["window_decoder_loss"] == 0
+    wm.window_heads["vector"] = _ReadStep(shift=0)  # predicts obs_k: wrong by one step
+    _, target_step, valid = window_steps(index, torch.ones(B, T), 3)
+    expected = (((symlog(target_step - 1.0) - symlog(target_step.float())) ** 2) * valid).sum() / (B * L * 3)
+    torch.testing.assert_close(wm.window_losses(*args)["window_decoder_loss"], expected)
+
+
+def test_window_losses_train_the_encoder_and_the_features():
+    wm = window_world_model()
+    obs, action, reward, terminated, is_first, mask = (
+        {"vector": torch.randn(2, 7, 1)}, torch.randn(2, 7, 2), torch.randn(2, 7), torch.zeros(2, 7),
+        torch.zeros(2, 7, dtype=torch.bool), torch.ones(2, 7, dtype=torch.bool))
+    _, metrics, _ = wm.loss(obs, action, reward, terminated, is_first, mask, num_indices=4)
+    window = sum(v for k, v in metrics.items() if k.startswith("window_"))
+    assert {"window_decoder_loss", "window_reward_loss", "window_continue_loss"} <= set(metrics)
+    window.backward()
+    assert wm.vector_encoder[0].weight.grad.abs().sum() > 0  # through the embeddings
+    assert wm.rssm.parameters().__next__().grad is not None  # through the features
+    assert wm.vector_decoder[0].weight.grad is None  # the one-step heads are not part of it
+
+
+def test_window_can_be_turned_off():
+    wm = window_world_model(window=0)
+    assert len(wm.window_heads) == 0
+    obs = {"vector": torch.randn(1, 5, 1)}
+    _, metrics, _ = wm.loss(obs, torch.randn(1, 5, 2), torch.randn(1, 5), torch.zeros(1, 5),
+                            torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool), num_indices=3)
+    assert not any(k.startswith("window_") for k in metrics)
+    with pytest.raises(ValueError, match="odd"):
+        window_world_model(window=2)

@@ -149,7 +149,9 @@ def test_frozen_gru_cell_kernel_gradients_match_autograd(dtype, threads):
     finally:
         torch.set_num_threads(previous)
     assert native_results[0].requires_grad
-    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    # bfloat16: one rounding step of the output (eps 2^-7) may fall either way (seen on an AMD EPYC: 2 of
+    # 3840 elements one ulp apart), so the tolerance is torch's own for bfloat16
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-3)
     for a, b in zip(native_results, aten_results, strict=True):  # output, d_x, d_h, d_weight
         torch.testing.assert_close(a, b, **tolerance)
 
