@@ -59,7 +59,7 @@ class MAMBA(BaseAlgorithm):
     :param actor_lr: actor learning rate (3e-5).
     :param critic_lr: critic learning rate (3e-5).
     :param buffer_size: replay capacity in stored steps (1e6); the oldest meta-episodes are dropped first.
-    :param prefill_episodes: meta-episodes per env collected with a uniform random policy before
+    :param prefill_episodes: meta-episodes (over all envs) collected with a uniform random policy before
         the first update (25 in the reference, counted over all envs).
     :param batch_size: sequences (meta-episodes or windows) per update (16).
     :param train_ratio: gradient updates per environment step (0.05). The reference's

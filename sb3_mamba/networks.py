@@ -13,6 +13,51 @@ from sb3_mamba import native
 from sb3_mamba.distributions import full_precision
 
 
+#: std of a standard normal truncated to [-2, 2]: dividing by it gives the truncated draw unit variance
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def _fans(weight: Tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) of a Linear (out, in) or conv weight, as the reference counts them (a transposed
+    conv's (in, out, k, k) weight is read like a conv's, so its fans are swapped, as there)."""
+    receptive = weight[0, 0].numel() if weight.dim() > 2 else 1
+    return weight.shape[1] * receptive, weight.shape[0] * receptive
+
+
+@torch.no_grad()
+def fan_avg_normal_(weight: Tensor, fan_in: int | None = None, fan_out: int | None = None,
+                    relative_bounds: bool = True) -> Tensor:
+    """The reference's ``weight_init`` (DreamerV3): a normal of variance 1 / fan_avg truncated at 2 std.
+
+    ``fan_in`` / ``fan_out`` override the weight's own (a layer stored as two blocks is drawn as one).
+    The reference truncates conv weights at +-2 absolute (``relative_bounds=False``), i.e. not at all.
+    """
+    own_in, own_out = _fans(weight)
+    std = ((fan_in or own_in) + (fan_out or own_out)) ** -0.5 * 2**0.5 / TRUNCATED_NORMAL_STD
+    bound = 2.0 * std if relative_bounds else 2.0
+    return nn.init.trunc_normal_(weight, 0.0, std, -bound, bound)
+
+
+@torch.no_grad()
+def fan_avg_uniform_(weight: Tensor, scale: float = 1.0) -> Tensor:
+    """The reference's ``uniform_weight_init(scale)`` of output layers: U(+-sqrt(3 scale / fan_avg))."""
+    fan_in, fan_out = _fans(weight)
+    limit = (3.0 * scale / ((fan_in + fan_out) / 2.0)) ** 0.5
+    return nn.init.uniform_(weight, -limit, limit)
+
+
+@torch.no_grad()
+def dreamer_init_(module: nn.Module) -> nn.Module:
+    """Initialise every Linear and conv of ``module`` as the reference does: weights by
+    :func:`fan_avg_normal_`, biases 0 (norms keep 1 / 0). Output layers are re-drawn by their owners."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            fan_avg_normal_(layer.weight, relative_bounds=isinstance(layer, nn.Linear))
+            if layer.bias is not None:
+                layer.bias.zero_()
+    return module
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 (under bfloat16 autocast only the matmuls run in bfloat16)."""
 
@@ -40,11 +85,14 @@ class PaddedLinear(nn.Linear):
         return F.linear(x, weight, bias)[..., : self.out_features]
 
 
-def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_out: bool = False) -> nn.Sequential:
+def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_out: bool = False,
+        out_scale: float = 1.0) -> nn.Sequential:
     """``layers`` x (Linear, LayerNorm, SiLU), then an optional Linear head to ``out_dim``.
 
-    ``zero_out`` initialises the head to zero (DreamerV3's reward and critic
-    heads start predicting 0, which avoids large early value targets).
+    Initialised as the reference's ``MLP``: hidden layers by :func:`dreamer_init_`, the head
+    uniform with ``out_scale`` (:func:`fan_avg_uniform_`, 1.0) and a zero bias. ``zero_out``
+    (``out_scale`` 0) starts the head at zero (DreamerV3's reward and critic heads start
+    predicting 0, which avoids large early value targets).
     """
     blocks: list[nn.Module] = []
     dim = in_dim
@@ -54,11 +102,11 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_
     if out_dim is not None:
         # only wide heads gain from padding (it costs time on 1..17 outputs)
         head = (PaddedLinear if out_dim >= 64 and out_dim % 8 else nn.Linear)(dim, out_dim)
-        if zero_out:
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
         blocks.append(head)
-    return nn.Sequential(*blocks)
+    net = dreamer_init_(nn.Sequential(*blocks))
+    if out_dim is not None:
+        fan_avg_uniform_(net[-1].weight, 0.0 if zero_out else out_scale)
+    return net
 
 
 @dataclass
@@ -167,6 +215,7 @@ class LayerNormGRUCell(nn.Module):
         self.hidden_dim = hidden_dim
         self.linear = nn.Linear(input_dim + hidden_dim, 3 * hidden_dim, bias=False)
         self.norm = LayerNorm(3 * hidden_dim, eps=1e-3)
+        dreamer_init_(self)
 
     def project_hidden(self, h: Tensor) -> Tensor:
         """(B, hidden_dim) -> (B, 3 * hidden_dim): the state's half of the gate layer.

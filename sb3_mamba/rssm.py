@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import one_hot_mode, sample_one_hot, unimix_probs
-from sb3_mamba.networks import FactoredInput, LayerNorm, LayerNormGRUCell, mlp
+from sb3_mamba.networks import FactoredInput, LayerNorm, LayerNormGRUCell, dreamer_init_, fan_avg_normal_, mlp
 from sb3_mamba.rssm_scan import PosteriorScan, scan_weights
 
 State = dict[str, Tensor]  # {"deter": (B, D), "stoch": (B, S, C), "logits": (B, S, C)}
@@ -53,6 +53,12 @@ class RSSM(nn.Module):
         self.post_deter = nn.Linear(deter, hidden, bias=False)
         self.post_embed = nn.Linear(embed_dim, hidden, bias=False)
         self.post_net = nn.Sequential(LayerNorm(hidden, eps=1e-3), nn.SiLU(), nn.Linear(hidden, stoch * classes))
+        # the reference draws its logits layers like hidden ones (``weight_init``, not uniform) and its
+        # posterior input layer as one (deter + embed) -> hidden matrix
+        dreamer_init_(self.prior_net[-1])
+        dreamer_init_(self.post_net)
+        for block in (self.post_deter, self.post_embed):
+            fan_avg_normal_(block.weight, fan_in=deter + embed_dim)
 
     # -- single steps ------------------------------------------------------------
     def _latent(self, logits: Tensor, sample: bool) -> tuple[Tensor, Tensor]:

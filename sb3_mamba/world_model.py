@@ -20,6 +20,7 @@ the pairing of features with windows follows the reference exactly (see there).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from stable_baselines3.common.preprocessing import is_image_space_channels_first
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import TwoHot, categorical_kl, symlog, unimix_probs
-from sb3_mamba.networks import GroupNorm, mlp
+from sb3_mamba.networks import GroupNorm, dreamer_init_, mlp
 from sb3_mamba.rssm import RSSM, State
 
 VECTOR_KEY = "vector"  # the key of a plain Box observation
@@ -106,7 +107,7 @@ class ConvEncoder(nn.Module):
         while size > 4:
             layers += [nn.Conv2d(in_ch, ch, 4, stride=2, padding=1, bias=False), GroupNorm(1, ch, eps=1e-3), nn.SiLU()]
             in_ch, ch, size = ch, ch * 2, size // 2
-        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.net = dreamer_init_(nn.Sequential(*layers, nn.Flatten()))
         self.out_dim = in_ch * 16
 
     def forward(self, x: Tensor) -> Tensor:
@@ -133,6 +134,11 @@ class ConvDecoder(nn.Module):
                 layers += [GroupNorm(1, out_ch, eps=1e-3), nn.SiLU()]
             ch = out_ch
         self.net = nn.Sequential(*layers)
+        # as the reference: all but the output layer by weight_init; its uniform re-draw of the output
+        # layer touches Linear layers only, so the last transposed conv keeps torch's default
+        output_layer = copy.deepcopy(self.net[-1])
+        dreamer_init_(self)
+        self.net[-1].load_state_dict(output_layer.state_dict())
 
     def forward(self, feat: Tensor) -> Tensor:
         x = self.net(self.project(feat).reshape(-1, self.start_channels, 4, 4))

@@ -305,3 +305,29 @@ def test_window_can_be_turned_off():
     assert not any(k.startswith("window_") for k in metrics)
     with pytest.raises(ValueError, match="odd"):
         window_world_model(window=2)
+
+
+# -- initialisation (reference tools.weight_init / uniform_weight_init) ---------------------------
+def test_layers_are_initialised_as_the_reference():
+    """Hidden Linear weights: normal of variance 1 / fan_avg truncated at 2 std, zero biases; output
+    layers uniform with limit sqrt(3 / fan_avg); reward and critic heads zero; the RSSM's posterior input
+    layer (stored as two blocks) drawn with the fan of the whole (deter + embed) -> hidden matrix."""
+    torch.manual_seed(0)
+    policy_wm = WorldModel(spaces.Box(-1, 1, (4,), np.float32), action_dim=2, encoder_units=512, encoder_layers=2)
+    hidden = policy_wm.vector_encoder[3].weight  # 512 -> 512
+    std = (1.0 / 512) ** 0.5
+    assert abs(hidden.std().item() / std - 1) < 0.02
+    assert hidden.abs().max().item() <= 2 * std / 0.87962566103423978 + 1e-6
+    head = policy_wm.vector_decoder[-1]  # 512 -> 4: uniform
+    limit = (3.0 / ((512 + 4) / 2)) ** 0.5
+    assert head.weight.abs().max().item() <= limit and head.weight.abs().max().item() > 0.9 * limit
+    assert not head.bias.any()
+    assert not policy_wm.reward_head[-1].weight.any() and not policy_wm.window_heads["reward"][-1].weight.any()
+    rssm = policy_wm.rssm
+    fan_avg = (rssm.deter_dim + policy_wm.embed_dim + 64) / 2
+    joint = torch.cat([rssm.post_deter.weight, rssm.post_embed.weight], dim=1)
+    assert abs(joint.std().item() / fan_avg**-0.5 - 1) < 0.05
+    gru = rssm.gru.linear.weight  # (64 + 512) -> 3 * 512
+    assert abs(gru.std().item() / ((64 + 512 + 1536) / 2) ** -0.5 - 1) < 0.02
+    ac = ActorCritic(policy_wm.rssm.feat_dim, spaces.Box(-1, 1, (2,), np.float32))
+    assert not ac.critic[-1].weight.any() and ac.actor[-1].weight.any()
