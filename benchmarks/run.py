@@ -50,7 +50,8 @@ from sb3_mamba.mamba import _imagination_starts
 from sb3_mamba.schedules import WorldModelHorizonSchedule
 
 RESULTS = Path(__file__).with_name("results")
-#: The reference implementation on a 2-core CPU of this kind (spec/performance.md), Rooms-3.
+#: The reference implementation (../shared/refbench/run.sh), Rooms-3, measured once on another 2-core
+#: machine: not a same-run figure (issue 18 replaces it by a run beside ours).
 REFERENCE_CPU = {50: 0.985, 200: 1.717}
 #: ... and its end-to-end training throughput there (env steps/s, 10 envs, 0.05 updates per env step)
 REFERENCE_TRAINING_CPU = {50: 19.6, 200: 11.4}
@@ -348,7 +349,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{fmt(r.get('rssm_unroll_s'))} | {fmt(r.get('wm_rest_s'))} | {fmt(r.get('imagination_s'))} | "
                      f"{fmt(r.get('ac_rest_s'))} | {r['peak_rss_mb']:.0f} |")
     if report.get("reference_cpu"):
-        lines += ["", "Reference implementation on this kind of CPU (spec/performance.md): "
+        lines += ["", "Reference implementation, measured once on another 2-core machine (not this run): "
                   + ", ".join(f"H' = {h}: {s} s" for h, s in report["reference_cpu"].items())]
     sc = report["scaling"]
     lines += ["", "## Update cost against H' (optimised, float32)", "", "| H' | s/update | world model | actor-critic |",
