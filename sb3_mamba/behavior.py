@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 from gymnasium import spaces
 from torch import Tensor, nn
@@ -156,7 +157,7 @@ class ActorCritic(nn.Module):
                  actor_unimix: float = 0.01, min_std: float = 0.1, max_std: float = 1.0):
         super().__init__()
         self.discrete = isinstance(action_space, spaces.Discrete)
-        self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
+        self.action_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
         self.actor_unimix, self.min_std, self.max_std = actor_unimix, min_std, max_std
         out = self.action_dim if self.discrete else 2 * self.action_dim
         self.actor = mlp(feat_dim, units, layers, out_dim=out)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 import pathlib
 import time
+import warnings
 from collections import deque
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_pkl, save_to_pkl
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
-from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.utils import FloatSchedule, safe_mean, update_learning_rate
 
 from sb3_mamba import checkpoints
 from sb3_mamba.behavior import ImaginationStarts
@@ -55,9 +57,10 @@ class MAMBA(BaseAlgorithm):
         episode must be one meta-episode (see :mod:`sb3_mamba_envs`).
     :param preset: ``"mamba"`` (default), ``"dreamer_tune"`` or ``"dreamer_vanilla"``
         (see :mod:`sb3_mamba.presets`).
-    :param learning_rate: world-model Adam learning rate (1e-4; reference 2e-4 for Reacher/Panda/Humanoid).
-    :param actor_lr: actor learning rate (3e-5).
-    :param critic_lr: critic learning rate (3e-5).
+    :param learning_rate: world-model Adam learning rate (1e-4; reference 2e-4 for Reacher/Panda/Humanoid),
+        or a schedule (a callable of the progress remaining, 1 -> 0, as in SB3; the zoo's ``lin_1e-4``).
+    :param actor_lr: actor learning rate (3e-5), or a schedule.
+    :param critic_lr: critic learning rate (3e-5), or a schedule.
     :param buffer_size: replay capacity in stored steps (1e6); the oldest meta-episodes are dropped first.
     :param prefill_episodes: meta-episodes (over all envs) collected with a uniform random policy before
         the first update (25 in the reference, counted over all envs).
@@ -96,6 +99,7 @@ class MAMBA(BaseAlgorithm):
         bfloat16 (norms, distributions and losses stay float32; parameters and optimisers float32),
         as DreamerV3 computes. Pays on GPUs and on CPUs with AVX512-BF16/AMX (see benchmarks/).
     :param policy_kwargs: further :class:`RSSMPolicy` arguments (layers, encoder sizes, unimix, eps).
+    :param stats_window_size: episodes averaged by the ``rollout/`` logs (100), as in SB3.
     :param tensorboard_log, verbose, seed, device: as in SB3. On CPU, the process keeps freed memory in
         its heap for the update's large temporaries (:mod:`sb3_mamba.cpu`; ``SB3_MAMBA_TUNE_MALLOC=0`` opts out),
         and the RSSM unroll and imagination's GRU cell run on C kernels built on first use with the
@@ -115,9 +119,9 @@ class MAMBA(BaseAlgorithm):
         policy: str | type[RSSMPolicy],
         env: GymEnv | str | None,
         preset: str = "mamba",
-        learning_rate: float = 1e-4,
-        actor_lr: float = 3e-5,
-        critic_lr: float = 3e-5,
+        learning_rate: float | Schedule = 1e-4,
+        actor_lr: float | Schedule = 3e-5,
+        critic_lr: float | Schedule = 3e-5,
         buffer_size: int = 1_000_000,
         prefill_episodes: int = 25,
         batch_size: int = 16,
@@ -147,6 +151,7 @@ class MAMBA(BaseAlgorithm):
         dyn_hidden: int | None = None,
         precision: str = "float32",
         policy_kwargs: dict[str, Any] | None = None,
+        stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         verbose: int = 0,
         seed: int | None = None,
@@ -158,6 +163,7 @@ class MAMBA(BaseAlgorithm):
             env,
             learning_rate=learning_rate,
             policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             verbose=verbose,
             device=device,
@@ -215,10 +221,9 @@ class MAMBA(BaseAlgorithm):
         if not isinstance(self.action_space, (spaces.Box, spaces.Discrete)):
             raise ValueError(f"MAMBA supports Box and Discrete action spaces, got {self.action_space}.")
         if isinstance(self.action_space, spaces.Box) and (
-            len(self.action_space.shape) != 1 or not np.all(np.isfinite(self.action_space.low))
-            or not np.all(np.isfinite(self.action_space.high))
+            not np.all(np.isfinite(self.action_space.low)) or not np.all(np.isfinite(self.action_space.high))
         ):
-            raise ValueError(f"Box action spaces must be 1-D with finite bounds, got {self.action_space}.")
+            raise ValueError(f"Box action spaces must have finite bounds, got {self.action_space}.")
         split_observation_space(self.observation_space)  # raises ValueError for unsupported observations
         positive_ints = {
             "buffer_size": self.buffer_size, "batch_size": self.batch_size, "batch_length": self.batch_length,
@@ -232,9 +237,10 @@ class MAMBA(BaseAlgorithm):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         for name in ("learning_rate", "actor_lr", "critic_lr"):
-            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a number (learning-rate schedules are not supported yet), "
-                                 f"got {getattr(self, name)!r}.")
+            value = getattr(self, name)
+            if not callable(value) and (not isinstance(value, (int, float, np.floating)) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be a number or a schedule (a callable of the progress remaining), "
+                                 f"got {value!r}.")
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}.")
         if self.sampling not in ("prefix", "window"):
@@ -246,8 +252,8 @@ class MAMBA(BaseAlgorithm):
             "return_lambda": 0 <= self.return_lambda <= 1, "ent_coef": self.ent_coef >= 0,
             "free_bits": self.free_bits >= 0, "dyn_scale": self.dyn_scale >= 0, "rep_scale": self.rep_scale >= 0,
             # a learning rate of 0 is allowed: rl_zoo3's enjoy loads models with learning_rate=0
-            "slow_critic_fraction": 0 < self.slow_critic_fraction <= 1, "learning_rate": self.learning_rate >= 0,
-            "actor_lr": self.actor_lr >= 0, "critic_lr": self.critic_lr >= 0,
+            "slow_critic_fraction": 0 < self.slow_critic_fraction <= 1,
+            **{name: FloatSchedule(getattr(self, name))(1.0) >= 0 for name in ("learning_rate", "actor_lr", "critic_lr")},
             "model_grad_clip": self.model_grad_clip > 0, "actor_critic_grad_clip": self.actor_critic_grad_clip > 0,
         }
         for name, ok in checks.items():
@@ -282,6 +288,11 @@ class MAMBA(BaseAlgorithm):
             except AttributeError:
                 spec_steps = self.env.get_attr("spec")[0]
                 if spec_steps is not None and spec_steps.max_episode_steps:
+                    warnings.warn(
+                        f"The env ({spec_steps.id}) has no `horizon` attribute: it does not look like a meta-RL env "
+                        "(sb3_mamba_envs.MetaEpisodeEnv), so each of its episodes is treated as one meta-episode "
+                        f"of H = {spec_steps.max_episode_steps} steps (its TimeLimit). Pass meta_episode_length=H "
+                        "to silence this.", stacklevel=3)
                     return int(spec_steps.max_episode_steps)
         raise ValueError(
             "Cannot read the meta-episode length H from the env (no `horizon` attribute or TimeLimit): "
@@ -294,11 +305,14 @@ class MAMBA(BaseAlgorithm):
         self.set_random_seed(self.seed)
         if getattr(self, "_rng", None) is None:  # a loaded model keeps its replay-sampling generator
             self._rng = np.random.default_rng(self.seed)
+        self._setup_lr_schedule()
+        self.actor_lr_schedule = FloatSchedule(self.actor_lr)
+        self.critic_lr_schedule = FloatSchedule(self.critic_lr)
         policy_kwargs = {
             **self.network_sizes,
-            "model_lr": self.learning_rate,
-            "actor_lr": self.actor_lr,
-            "critic_lr": self.critic_lr,
+            "model_lr": self.lr_schedule(1.0),
+            "actor_lr": self.actor_lr_schedule(1.0),
+            "critic_lr": self.critic_lr_schedule(1.0),
             **self.policy_kwargs,
         }
         self.policy = self.policy_class(self.observation_space, self.action_space, **policy_kwargs).to(self.device)
@@ -318,6 +332,11 @@ class MAMBA(BaseAlgorithm):
             self._sub_episode_returns: deque[list[float]] = deque(maxlen=100)
 
     # -- data collection -----------------------------------------------------------
+    @property
+    def gamma(self) -> float:
+        """The discount (SB3's name for it, read by e.g. ``HParamCallback``); the same as ``discount``."""
+        return self.discount
+
     @property
     def prefilling(self) -> bool:
         return self.replay_buffer.num_episodes_added < self.prefill_episodes
@@ -360,7 +379,7 @@ class MAMBA(BaseAlgorithm):
                 if "sub_episode_returns" in info:
                     self._sub_episode_returns.append(info["sub_episode_returns"])
                 if self._log_interval and self._episode_num % self._log_interval == 0:
-                    self._dump_logs()
+                    self.dump_logs()
         self._last_obs = new_obs
         self._last_episode_starts = dones
 
@@ -380,7 +399,21 @@ class MAMBA(BaseAlgorithm):
         )
         self._log_interval = log_interval
         callback.on_training_start(locals(), globals())
+        if self.prefilling:
+            # envs step in lock-step: the prefill ends after ceil(missing / n_envs) rounds of H steps each
+            missing = self.prefill_episodes - self.replay_buffer.num_episodes_added
+            prefill_steps = -(-missing // self.n_envs) * self.meta_episode_length * self.n_envs
+            if total_timesteps - self.num_timesteps < prefill_steps:
+                warnings.warn(
+                    f"learn() stops after {total_timesteps - self.num_timesteps} env steps, before the random prefill "
+                    f"of {self.prefill_episodes} meta-episodes (~{prefill_steps} env steps with {self.n_envs} envs) "
+                    "is complete: no gradient update will run. Train longer or lower prefill_episodes.",
+                    stacklevel=2)
+        rollout_open = False
         while self.num_timesteps < total_timesteps:
+            if not rollout_open:
+                callback.on_rollout_start()
+                rollout_open = True
             self._collect_step(callback)
             self._update_current_progress_remaining(self.num_timesteps, total_timesteps)
             if not self.prefilling and len(self.replay_buffer) > 0:
@@ -388,11 +421,16 @@ class MAMBA(BaseAlgorithm):
                 if self._train_credit >= 1.0:
                     steps = int(self._train_credit)
                     self._train_credit -= steps
+                    # a rollout is the collection between two rounds of updates, as in SB3's off-policy loop
+                    callback.on_rollout_end()
+                    rollout_open = False
                     self.train(steps)
             # Callbacks see the step complete (stored and trained on): a checkpoint taken here
             # resumes exactly. (SB3's off-policy loop calls them before storing the transition.)
             if not callback.on_step():
                 break
+        if rollout_open:
+            callback.on_rollout_end()
         callback.on_training_end()
         return self
 
@@ -436,6 +474,12 @@ class MAMBA(BaseAlgorithm):
         """``gradient_steps`` updates of the world model, actor and critic."""
         self.policy.set_training_mode(True)
         wm, ac = self.policy.world_model, self.policy.actor_critic
+        self._update_learning_rate(self.policy.model_optimizer)
+        progress = self._current_progress_remaining
+        update_learning_rate(self.policy.actor_optimizer, self.actor_lr_schedule(progress))
+        update_learning_rate(self.policy.critic_optimizer, self.critic_lr_schedule(progress))
+        self.logger.record("train/actor_lr", self.actor_lr_schedule(progress))
+        self.logger.record("train/critic_lr", self.critic_lr_schedule(progress))
         metrics: dict[str, list[torch.Tensor]] = {}
         for _ in range(gradient_steps):
             tic = self._clock()
@@ -483,7 +527,8 @@ class MAMBA(BaseAlgorithm):
         self.logger.record("train/wm_horizon", self.wm_horizon())
 
     # -- logging -------------------------------------------------------------------
-    def _dump_logs(self) -> None:
+    def dump_logs(self) -> None:
+        """Write the ``rollout/`` and ``time/`` logs (SB3's public hook, used by ``LogEveryNTimesteps``)."""
         elapsed = max(time.time_ns() - self.start_time, 1) / 1e9
         fps = int((self.num_timesteps - self._num_timesteps_at_start) / elapsed)
         if len(self.ep_info_buffer) > 0:

@@ -48,6 +48,8 @@ class RSSMPolicy(BasePolicy):
     :param actor_unimix: uniform mixture of the discrete actor.
     :param model_lr, actor_lr, critic_lr: Adam learning rates.
     :param model_eps, actor_critic_eps: Adam epsilons.
+    :param normalize_images: accepted for SB3's ``BasePolicy.load``; must stay False (the world model
+        scales uint8 images to [-0.5, 0.5] itself).
     """
 
     def __init__(
@@ -72,8 +74,19 @@ class RSSMPolicy(BasePolicy):
         critic_lr: float = 3e-5,
         model_eps: float = 1e-8,
         actor_critic_eps: float = 1e-5,
+        normalize_images: bool = False,
     ):
+        if normalize_images:
+            raise ValueError("RSSMPolicy scales images itself (to [-0.5, 0.5]): normalize_images must be False.")
         super().__init__(observation_space, action_space, normalize_images=False)
+        # every size and rate, so that ``policy.save`` / ``RSSMPolicy.load`` rebuild the same networks
+        self._constructor_kwargs = dict(
+            units=units, head_layers=head_layers, actor_critic_layers=actor_critic_layers,
+            encoder_units=encoder_units, encoder_layers=encoder_layers, cnn_depth=cnn_depth, dyn_deter=dyn_deter,
+            dyn_stoch=dyn_stoch, dyn_discrete=dyn_discrete, dyn_hidden=dyn_hidden, unimix=unimix,
+            reconstruction_window=reconstruction_window, actor_unimix=actor_unimix, model_lr=model_lr,
+            actor_lr=actor_lr, critic_lr=critic_lr, model_eps=model_eps, actor_critic_eps=actor_critic_eps,
+        )
         self.discrete = isinstance(action_space, spaces.Discrete)
         self.action_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
         self.world_model = WorldModel(
@@ -96,6 +109,9 @@ class RSSMPolicy(BasePolicy):
         if not self.discrete:
             self._low = torch.as_tensor(action_space.low, dtype=torch.float32)
             self._high = torch.as_tensor(action_space.high, dtype=torch.float32)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(), **self._constructor_kwargs}
 
     # -- acting ------------------------------------------------------------------
     def initial_state(self, n: int) -> RecurrentState:
@@ -137,7 +153,7 @@ class RSSMPolicy(BasePolicy):
         """Action vectors (n, A) -> what ``env.step`` takes (indices, or values scaled to the Box bounds)."""
         if self.discrete:
             return (action.argmax(-1) + int(self.action_space.start)).cpu().numpy()
-        low, high = self._low.to(action.device), self._high.to(action.device)
+        low, high = self._low.to(action.device).reshape(-1), self._high.to(action.device).reshape(-1)
         scaled = low + (action + 1.0) * 0.5 * (high - low)
         return scaled.reshape(-1, *self.action_space.shape).cpu().numpy()
 
@@ -159,6 +175,12 @@ class RSSMPolicy(BasePolicy):
         deterministic: bool = False,
     ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """SB3's recurrent predict: ``(action, state)``; pass ``state`` and ``episode_start`` back in."""
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+            raise ValueError(
+                "You have passed a tuple to predict() instead of a NumPy array or a dict: you are probably mixing "
+                "the Gymnasium API (`obs, info = env.reset()`) with SB3's VecEnv API (`obs = vec_env.reset()`). "
+                "Pass the observation only (see https://github.com/DLR-RM/stable-baselines3/issues/1694)."
+            )
         self.set_training_mode(False)
         obs_tensor, vectorized = self.obs_to_tensor(observation)
         n = _batch_size(obs_tensor)
@@ -168,8 +190,8 @@ class RSSMPolicy(BasePolicy):
         torch_state = None if state is None else tuple(torch.as_tensor(s, device=self.device) for s in state)
         action, new_state = self.act(obs_tensor, torch_state, starts, deterministic)
         env_action = self.to_env_action(action)
-        if not vectorized:
-            env_action = env_action[0]
+        if not vectorized:  # one observation: drop the batch axis, keep an ndarray (0-d for Discrete), as SB3
+            env_action = env_action.squeeze(axis=0)
         return env_action, tuple(s.cpu().numpy() for s in new_state)
 
     def _predict(self, observation: Any, deterministic: bool = False) -> Tensor:
