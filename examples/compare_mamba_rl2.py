@@ -13,12 +13,12 @@ from pathlib import Path
 
 from sb3_mamba import compare
 
-HYPERPARAMS = Path(__file__).resolve().parents[1] / "hyperparams"
+HYPERPARAMS = Path(__file__).resolve().parents[1] / "sb3_mamba" / "hyperparams"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="tiny models and budget (hyperparams/debug)")
+    parser.add_argument("--debug", action="store_true", help="tiny models and budget (sb3_mamba/hyperparams/debug)")
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--algos", nargs="+", default=["mamba", "dreamer_tune", "ppo_lstm"])

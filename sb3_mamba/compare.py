@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("-params", "--hyperparams", nargs="*", default=[], help="passed to every zoo run")
     parser.add_argument("--conf-dir", default=None,
-                        help="folder of <algo>.yml files for --train (default: hyperparams/; hyperparams/debug for smoke runs)")
+                        help="folder of <algo>.yml files for --train (default: sb3_mamba/hyperparams/; sb3_mamba/hyperparams/debug for smoke runs)")
     args = parser.parse_args(argv)
     log_dir, out = Path(args.log_folder), Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

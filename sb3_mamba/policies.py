@@ -39,7 +39,7 @@ class RSSMPolicy(BasePolicy):
     :param actor_critic_layers: hidden layers of actor and critic.
     :param encoder_units: width of the vector encoder/decoder MLP (512, the reference's `mlp_units`).
     :param encoder_layers: layers of the vector encoder/decoder MLP (2; the reference uses 4 on Rooms, PRN,
-        PRN-Wind and EscapeRoom: hyperparams/mamba.yml).
+        PRN-Wind and EscapeRoom: sb3_mamba/hyperparams/mamba.yml).
     :param cnn_depth: channels of the first conv layer for image observations.
     :param dyn_deter, dyn_stoch, dyn_discrete, dyn_hidden: RSSM sizes.
     :param unimix: uniform mixture of the latent categoricals.

@@ -25,8 +25,8 @@ from typing import Any
 
 from sb3_mamba.mamba import MAMBA
 
-#: where the YAML files live in a source checkout (the repository's top-level hyperparams/)
-HYPERPARAMS_DIR = Path(__file__).resolve().parents[1] / "hyperparams"
+#: the YAML files, shipped inside the package (a wheel install has them too)
+HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 
 
 def _literal_call(text: str, key: str) -> dict[str, Any]:
