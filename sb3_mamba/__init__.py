@@ -7,10 +7,12 @@ Importing ``sb3_mamba`` also registers the meta-RL environment IDs of
 import sb3_mamba_envs  # noqa: F401  (registers the Gymnasium IDs)
 from sb3_mamba.checkpoints import CheckpointError, latest_checkpoint
 from sb3_mamba.evaluation import MetaEvalCallback, MetaEvalResult, evaluate_meta_policy
+from sb3_mamba.export import export_onnx, initial_onnx_state
 from sb3_mamba.mamba import MAMBA, NonFiniteError, NonFiniteLossError
 from sb3_mamba.policies import RSSMPolicy
 from sb3_mamba.presets import PRESETS
 
 __all__ = ["MAMBA", "RSSMPolicy", "PRESETS", "NonFiniteError", "NonFiniteLossError", "CheckpointError",
-           "latest_checkpoint", "evaluate_meta_policy", "MetaEvalResult", "MetaEvalCallback"]
+           "latest_checkpoint", "evaluate_meta_policy", "MetaEvalResult", "MetaEvalCallback", "export_onnx",
+           "initial_onnx_state"]
 __version__ = "0.1.0"

@@ -35,7 +35,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from sb3_mamba.distributions import BoundedNormal, OneHotCategorical, TwoHot, full_precision
+from sb3_mamba.distributions import BoundedNormal, OneHotCategorical, TwoHot, full_precision, one_hot_mode
 from sb3_mamba.networks import FactoredInput, mlp, mlp_outputs
 from sb3_mamba.rssm import RSSM, State
 
@@ -169,6 +169,14 @@ class ActorCritic(nn.Module):
 
     def policy(self, feat: Tensor) -> OneHotCategorical | BoundedNormal:
         return self._dist(self.actor(feat))
+
+    def mode(self, feat: Tensor) -> Tensor:
+        """The actor's most likely action (one-hot, or the tanh mean in [-1, 1]) without building a
+        distribution object (their argument checks cannot be captured by ``torch.export``)."""
+        out = self.actor(feat)
+        if self.discrete:  # unimix and softmax keep the argmax
+            return one_hot_mode(out)
+        return torch.tanh(out.chunk(2, dim=-1)[0])
 
     def _dist(self, out: Tensor) -> OneHotCategorical | BoundedNormal:
         if self.discrete:

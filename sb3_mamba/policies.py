@@ -136,12 +136,17 @@ class RSSMPolicy(BasePolicy):
         post = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed_proj, first, sample)
         return post["deter"], post["stoch"], prev_action
 
+    #: True: deterministic acting takes the posterior latent's mode too (the ONNX export's semantics,
+    #: :mod:`sb3_mamba.export`); False (default): it samples the latent, as the reference evaluates
+    deterministic_latent: bool = False
+
     def act(self, obs: Any, state: RecurrentState | None, episode_start: Tensor,
             deterministic: bool = False) -> tuple[Tensor, RecurrentState]:
         """One acting step: returns the action vector (one-hot for Discrete, in [-1, 1] for Box) and the state."""
-        # The latent is sampled either way: ``deterministic`` takes the actor's mode only, as the
-        # reference evaluates (``collect_dyn_sample``, ``actor.mode()``) and DreamerV3 acts.
-        deter, stoch, _ = self.observe(obs, state, episode_start, sample=True)
+        # The latent is sampled either way (unless ``deterministic_latent``): ``deterministic`` takes the
+        # actor's mode only, as the reference evaluates (``collect_dyn_sample``, ``actor.mode()``).
+        sample_latent = not (deterministic and self.deterministic_latent)
+        deter, stoch, _ = self.observe(obs, state, episode_start, sample=sample_latent)
         dist = self.actor_critic.policy(RSSM.feat({"deter": deter, "stoch": stoch}))
         if deterministic:
             action = dist.mode()

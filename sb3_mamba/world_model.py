@@ -201,7 +201,7 @@ class WorldModel(nn.Module):
                 self.window_heads[f"image_{key}"] = ConvDecoder(feat_embed, shape, cnn_depth, first)
             self.window_heads["reward"] = mlp(feat_embed, units, head_layers, out_dim=self.two_hot.num_bins,
                                               zero_out=True)
-            self.window_heads["continue"] = mlp(feat_embed, units, head_layers, out_dim=1)
+            self.window_heads["cont"] = mlp(feat_embed, units, head_layers, out_dim=1)  # (not "continue": a keyword breaks torch.fx)
 
     # -- observations --------------------------------------------------------------
     def preprocess(self, obs: Any) -> dict[str, Tensor]:
@@ -323,7 +323,7 @@ class WorldModel(nn.Module):
         reward_nll = -self.two_hot.log_prob(self.window_heads["reward"](inputs), target(reward))  # (B, L * W)
         losses["window_reward_loss"] = (reward_nll * valid).sum() / count
         cont_nll = F.binary_cross_entropy_with_logits(
-            self.window_heads["continue"](inputs).squeeze(-1), 1.0 - target(terminated.float()), reduction="none"
+            self.window_heads["cont"](inputs).squeeze(-1), 1.0 - target(terminated.float()), reduction="none"
         )  # (B, L * W)
         losses["window_continue_loss"] = (cont_nll * valid).sum() / count
         return losses

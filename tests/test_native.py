@@ -19,9 +19,9 @@ from sb3_mamba.networks import LayerNormGRUCell
 def fresh(monkeypatch, tmp_path):
     """An empty kernel cache and no library loaded in this process yet."""
     monkeypatch.setenv("SB3_MAMBA_CACHE_DIR", str(tmp_path))
-    native.posterior_scan_library.cache_clear()
+    native._library.cache_clear()
     yield tmp_path
-    native.posterior_scan_library.cache_clear()
+    native._library.cache_clear()
 
 
 @pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")

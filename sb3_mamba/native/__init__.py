@@ -20,6 +20,7 @@ self-check says so once with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -32,7 +33,7 @@ import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -43,9 +44,24 @@ FLAGS = ("-O3", "-march=native", "-std=gnu11", "-fopenmp-simd", "-fno-math-errno
 FUNCTIONS = {"forward_input": 0, "forward_output": 1, "backward_output": 1, "backward_input": 2}
 
 
+_DISABLED_DEPTH = 0
+
+
 def enabled() -> bool:
-    """Whether the C kernels may be used (``SB3_MAMBA_NATIVE=0`` turns them off)."""
-    return os.environ.get("SB3_MAMBA_NATIVE", "1") != "0" and platform.system() == "Linux"
+    """Whether the C kernels may be used (``SB3_MAMBA_NATIVE=0`` or :func:`disabled` turns them off)."""
+    return (not _DISABLED_DEPTH and os.environ.get("SB3_MAMBA_NATIVE", "1") != "0"
+            and platform.system() == "Linux")
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run on ATen ops only inside the block (graph capture such as ONNX export cannot trace C calls)."""
+    global _DISABLED_DEPTH
+    _DISABLED_DEPTH += 1
+    try:
+        yield
+    finally:
+        _DISABLED_DEPTH -= 1
 
 
 def cache_dir() -> Path:
@@ -94,9 +110,13 @@ def build(compiler: str) -> Path:
     return target
 
 
-@functools.cache
 def posterior_scan_library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (disabled, no compiler, or the build failed: warned once)."""
+    return None if _DISABLED_DEPTH else _library()
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
     if not enabled():
         return None
     compiler = _compiler()
