@@ -201,7 +201,8 @@ class WorldModel(nn.Module):
                 self.window_heads[f"image_{key}"] = ConvDecoder(feat_embed, shape, cnn_depth, first)
             self.window_heads["reward"] = mlp(feat_embed, units, head_layers, out_dim=self.two_hot.num_bins,
                                               zero_out=True)
-            self.window_heads["cont"] = mlp(feat_embed, units, head_layers, out_dim=1)  # (not "continue": a keyword breaks torch.fx)
+            # (the key is not "continue": torch.fx cannot name a module after a keyword)
+            self.window_heads["cont"] = mlp(feat_embed, units, head_layers, out_dim=1)
 
     # -- observations --------------------------------------------------------------
     def preprocess(self, obs: Any) -> dict[str, Tensor]:
