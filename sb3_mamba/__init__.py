@@ -11,8 +11,9 @@ from sb3_mamba.export import export_onnx, initial_onnx_state
 from sb3_mamba.mamba import MAMBA, NonFiniteError, NonFiniteLossError
 from sb3_mamba.policies import RSSMPolicy
 from sb3_mamba.presets import PRESETS
+from sb3_mamba.safe_load import UnsafeFileError
 
 __all__ = ["MAMBA", "RSSMPolicy", "PRESETS", "NonFiniteError", "NonFiniteLossError", "CheckpointError",
-           "latest_checkpoint", "evaluate_meta_policy", "MetaEvalResult", "MetaEvalCallback", "export_onnx",
-           "initial_onnx_state"]
+           "UnsafeFileError", "latest_checkpoint", "evaluate_meta_policy", "MetaEvalResult", "MetaEvalCallback",
+           "export_onnx", "initial_onnx_state"]
 __version__ = "0.1.0"

@@ -13,7 +13,9 @@ MAMBA samples batches of whole meta-episodes from step 0, cut to the current
 prefix H' (:meth:`MetaEpisodeBuffer.sample_prefixes`); the Dreamer presets
 sample fixed-length windows from random starts (:meth:`sample_windows`).
 Observations keep their native dtype (uint8 images stay uint8). Capacity is in
-stored entries; the oldest meta-episodes are dropped first.
+stored entries; the oldest meta-episodes are dropped first. :meth:`to_arrays` /
+:meth:`from_arrays` turn the buffer into plain arrays and back (the pickle-free
+``.npz`` replay file of :mod:`sb3_mamba.safe_load`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,21 @@ def _map(fn: Callable[[np.ndarray], np.ndarray], obs: Obs) -> Obs:
 
 def _nbytes(obs: Obs) -> int:
     return sum(v.nbytes for v in obs.values()) if isinstance(obs, dict) else obs.nbytes
+
+
+def _stack_entries(entries: list[tuple]) -> dict[str, Any]:
+    """A meta-episode's entries ``(obs, action, reward, terminated)`` as one array per field, time first."""
+    observations = [e[0] for e in entries]
+    if isinstance(observations[0], dict):
+        obs = {key: np.stack([o[key] for o in observations]) for key in observations[0]}
+    else:
+        obs = np.stack(observations)
+    return {
+        "obs": obs,
+        "action": np.stack([e[1] for e in entries]),
+        "reward": np.array([e[2] for e in entries], dtype=np.float32),
+        "terminated": np.array([e[3] for e in entries], dtype=bool),
+    }
 
 
 @dataclass
@@ -117,22 +134,114 @@ class MetaEpisodeBuffer:
         self._open = [None] * self.n_envs
 
     def _store(self, entries: list[tuple]) -> None:
-        observations = [e[0] for e in entries]
-        if isinstance(observations[0], dict):
-            obs = {key: np.stack([o[key] for o in observations]) for key in observations[0]}
-        else:
-            obs = np.stack(observations)
-        episode = {
-            "obs": obs,
-            "action": np.stack([e[1] for e in entries]),
-            "reward": np.array([e[2] for e in entries], dtype=np.float32),
-            "terminated": np.array([e[3] for e in entries], dtype=bool),
-        }
-        self.episodes.append(episode)
+        self.episodes.append(_stack_entries(entries))
         self.num_entries += len(entries)
         self.num_episodes_added += 1
         while self.num_entries > self.capacity and len(self.episodes) > 1:
             self.num_entries -= len(self.episodes.popleft()["reward"])
+
+    # -- plain arrays (pickle-free saving) -------------------------------------
+    def _fields(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Per-step array name -> (shape of one step, dtype); a ``Dict`` observation's keys become ``obs/<key>``.
+
+        Observations keep the dtype the env gave them; theirs here (the space's) is that of an empty array.
+        """
+        if isinstance(self.observation_space, spaces.Dict):
+            obs = {f"obs/{key}": space for key, space in self.observation_space.spaces.items()}
+        else:
+            obs = {"obs": self.observation_space}
+        return {
+            **{name: (space.shape, space.dtype) for name, space in obs.items()},
+            "action": ((self.action_dim,), np.dtype(np.float32)),
+            "reward": ((), np.dtype(np.float32)),
+            "terminated": ((), np.dtype(bool)),
+        }
+
+    def _join(self, prefix: str, episodes: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """``episodes`` joined along time as ``<prefix>/<field>`` arrays, their lengths in ``<prefix>/length``."""
+        arrays = {f"{prefix}/length": np.array([len(ep["reward"]) for ep in episodes], dtype=np.int64)}
+        for name, (shape, dtype) in self._fields().items():
+            key = name.partition("/")[2]  # the Dict key of "obs/<key>"
+            parts = [ep["obs"][key] if key else ep[name] for ep in episodes]
+            arrays[f"{prefix}/{name}"] = np.concatenate(parts) if parts else np.zeros((0, *shape), dtype)
+        return arrays
+
+    def _split(self, prefix: str, arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Invert :meth:`_join`: one dict of arrays per meta-episode; ValueError if the arrays do not fit."""
+        lengths = arrays[f"{prefix}/length"]
+        if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths < 1).any():
+            raise ValueError(f"'{prefix}/length' must be a list of positive integers, got {lengths!r}.")
+        total = int(lengths.sum())
+        episodes: list[dict[str, Any]] = [{"obs": {}} for _ in lengths]  # (a Box observation replaces the dict)
+        for name, (shape, dtype) in self._fields().items():
+            array = arrays[f"{prefix}/{name}"]
+            if array.shape != (total, *shape):
+                raise ValueError(f"'{prefix}/{name}' has shape {array.shape}, expected {(total, *shape)}.")
+            dtype_ok = array.dtype.kind in "biuf" if name.startswith("obs") else array.dtype == dtype
+            if not dtype_ok:
+                raise ValueError(f"'{prefix}/{name}' has dtype {array.dtype}, expected {dtype}.")
+            key = name.partition("/")[2]
+            for episode, part in zip(episodes, np.split(array, np.cumsum(lengths)[:-1])):
+                if key:
+                    episode["obs"][key] = part.copy()
+                else:
+                    episode[name] = part.copy()
+        return episodes
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The buffer as plain arrays (no Python objects), for ``np.savez``; :meth:`from_arrays` inverts it.
+
+        The stored meta-episodes are joined along time into ``episodes/obs``, ``episodes/action``,
+        ``episodes/reward`` and ``episodes/terminated`` (``episodes/length`` splits them again; a
+        ``Dict`` observation's keys become ``episodes/obs/<key>``); the unfinished meta-episodes
+        likewise into ``open/...``, with the env each belongs to in ``open/env`` (their rewards at
+        float32, the precision they are stored with once finished). The capacity, ``n_envs`` and
+        ``num_episodes_added`` are 0-d arrays.
+        """
+        unfinished = {i: _stack_entries(entries) for i, entries in enumerate(self._open) if entries}
+        return {
+            "capacity": np.array(self.capacity),
+            "n_envs": np.array(self.n_envs),
+            "num_episodes_added": np.array(self.num_episodes_added),
+            **self._join("episodes", list(self.episodes)),
+            **self._join("open", list(unfinished.values())),
+            "open/env": np.array(list(unfinished), dtype=np.int64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], observation_space: spaces.Space,
+                    action_space: spaces.Space) -> MetaEpisodeBuffer:
+        """Rebuild the buffer that :meth:`to_arrays` described.
+
+        :param arrays: the arrays of :meth:`to_arrays` (further names are ignored).
+        :param observation_space: the observation space the buffer was recorded with.
+        :param action_space: the action space the buffer was recorded with.
+        :raises KeyError: an array is missing.
+        :raises ValueError: the arrays do not fit together or the spaces.
+        """
+        counters = {}
+        for name in ("capacity", "n_envs", "num_episodes_added"):
+            value = arrays[name]
+            if value.ndim != 0 or value.dtype.kind not in "iu" or value < 0:
+                raise ValueError(f"'{name}' must be a non-negative integer, got {value!r}.")
+            counters[name] = int(value)
+        buffer = cls(counters["capacity"], observation_space, action_space, n_envs=counters["n_envs"])
+        for episode in buffer._split("episodes", arrays):
+            buffer.episodes.append(episode)
+            buffer.num_entries += len(episode["reward"])
+        buffer.num_episodes_added = counters["num_episodes_added"]
+        envs = arrays["open/env"]
+        unfinished = buffer._split("open", arrays)
+        if envs.shape != (len(unfinished),) or envs.dtype.kind not in "iu" or len(set(envs.tolist())) != len(envs) \
+                or not ((0 <= envs) & (envs < buffer.n_envs)).all():
+            raise ValueError(f"'open/env' must name {len(unfinished)} distinct envs of {buffer.n_envs}, got {envs!r}.")
+        for env, episode in zip(envs.tolist(), unfinished):
+            buffer._open[env] = [
+                (_map(lambda v: v[t], episode["obs"]), episode["action"][t], float(episode["reward"][t]),
+                 bool(episode["terminated"][t]))
+                for t in range(len(episode["reward"]))
+            ]
+        return buffer
 
     # -- reading ---------------------------------------------------------------
     def __len__(self) -> int:

@@ -23,6 +23,7 @@ replay buffer) that ``CheckpointCallback(save_replay_buffer=True)`` wrote.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pathlib
@@ -83,20 +84,30 @@ def atomic_write(path: str | pathlib.Path, suffix: str, write: Callable[[BinaryI
     return final
 
 
-def check_model_file(path: str | pathlib.Path | Any) -> None:
-    """Raise :class:`CheckpointError` unless ``path`` is an intact sb3-mamba model zip this version reads.
-
-    File objects are left to SB3 (nothing to check without consuming them).
-    """
-    if not isinstance(path, (str, pathlib.Path)):
-        return
+def find_model_file(path: str | pathlib.Path) -> pathlib.Path:
+    """The model file SB3 reads for ``path``: ``path`` itself, else ``path.zip``; ``FileNotFoundError`` if neither."""
     path = pathlib.Path(path)
     if not path.exists() and resolve_path(path, "zip").exists():
         path = resolve_path(path, "zip")
     if not path.is_file():
         raise FileNotFoundError(f"No model file at {path}.")
+    return path
+
+
+def check_model_file(path: str | pathlib.Path | Any) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is an intact sb3-mamba model zip this version reads.
+
+    :param path: a path, or an in-memory file (``io.BytesIO``, named "the model file" in errors);
+        other file objects are left to SB3 (nothing to check without consuming them).
+    """
+    if isinstance(path, io.BytesIO):
+        source, path = path, "the model file"
+    elif isinstance(path, (str, pathlib.Path)):
+        source = path = find_model_file(path)
+    else:
+        return
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(source) as archive:
             bad_member = archive.testzip()
             if bad_member is not None:
                 raise CheckpointError(f"{path} is corrupted: member {bad_member!r} fails its CRC check.")

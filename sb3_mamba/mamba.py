@@ -26,7 +26,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.utils import FloatSchedule, safe_mean, update_learning_rate
 
-from sb3_mamba import checkpoints
+from sb3_mamba import checkpoints, safe_load
 from sb3_mamba.behavior import ImaginationStarts
 from sb3_mamba.buffers import MetaEpisodeBuffer
 from sb3_mamba.checkpoints import CheckpointError
@@ -445,6 +445,11 @@ class MAMBA(BaseAlgorithm):
         # A model loaded from a checkpoint continues the saved run (envs' meta-episodes, RNGs) when
         # asked to continue; otherwise the envs restart and unfinished meta-episodes are dropped.
         saved_run = self.__dict__.pop("_run_state", None)
+        if self.__dict__.pop("_run_state_left_out", False) and not reset_num_timesteps:
+            warnings.warn(
+                "This model was loaded with safe=True, which leaves out the saved run state (random generators, "
+                "the envs' meta-episodes in progress): learn(reset_num_timesteps=False) restarts the envs' "
+                "meta-episodes instead of continuing the saved run exactly.", stacklevel=3)
         restored = False
         if saved_run is not None and not reset_num_timesteps:
             restored = checkpoints.restore_run_state(self, saved_run)
@@ -550,7 +555,7 @@ class MAMBA(BaseAlgorithm):
     # -- save / load -----------------------------------------------------------------
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "replay_buffer", "_rollout_state", "wm_horizon_schedule",
-                "update_timings"]
+                "update_timings", "_run_state_left_out"]
 
     def save(
         self,
@@ -562,11 +567,18 @@ class MAMBA(BaseAlgorithm):
 
         The zip holds the policy, the three optimisers, the counters, a format
         version, the envs' meta-episodes in progress and the random generators
-        (see :mod:`sb3_mamba.checkpoints`). A crash while saving leaves the
-        previous file at ``path`` intact.
+        (see :mod:`sb3_mamba.checkpoints`), and plain-JSON descriptions of the
+        attributes SB3 pickles (spaces, policy class, ...) for ``load(..., safe=True)``
+        (:mod:`sb3_mamba.safe_load`). A crash while saving leaves the previous
+        file at ``path`` intact.
+
+        :param path: where to save (``.zip`` appended when it has no suffix), or a file object.
+        :param exclude: further attributes not to save, as in SB3.
+        :param include: attributes to save although SB3 excludes them, as in SB3.
         """
         self._checkpoint_format = checkpoints.CHECKPOINT_FORMAT
         self._run_state = checkpoints.capture_run_state(self)
+        setattr(self, safe_load.SAFE_DATA_KEY, safe_load.describe(self))
         try:
             if isinstance(path, (str, pathlib.Path)):
                 checkpoints.atomic_write(path, "zip", lambda file: super(MAMBA, self).save(file, exclude, include))
@@ -574,10 +586,11 @@ class MAMBA(BaseAlgorithm):
                 super().save(path, exclude, include)
         finally:
             del self._run_state
+            delattr(self, safe_load.SAFE_DATA_KEY)
 
     @classmethod
     def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False,
-             force_reset=True, **kwargs):
+             force_reset=True, safe=False, **kwargs):
         """Load a model saved by :meth:`save` (see SB3's ``load``).
 
         A truncated, corrupted or foreign file, or one from a newer sb3-mamba,
@@ -585,35 +598,87 @@ class MAMBA(BaseAlgorithm):
         an env whose spaces differ from the saved ones raises ``ValueError``. To
         continue the saved run exactly, call ``learn(..., reset_num_timesteps=False)``
         after :meth:`load_replay_buffer`.
+
+        Loading unpickles Python objects stored in the zip, and unpickling can run
+        code: only load files you trust, or pass ``safe=True``.
+
+        :param path: the model zip (``.zip`` appended if needed) or a file object.
+        :param env: the env to continue on (its spaces must match), or None to only predict.
+        :param device: where the model runs.
+        :param custom_objects: values used instead of the saved ``data`` entries of the same names (as in SB3).
+        :param print_system_info: print the saving and the current system's versions.
+        :param force_reset: as in SB3 (the envs are reset before training).
+        :param safe: unpickle nothing (:mod:`sb3_mamba.safe_load`): the tensors are read with
+            ``torch.load(weights_only=True)``, and the attributes SB3 pickles are rebuilt from
+            plain JSON that :meth:`save` writes next to them or refused with
+            :class:`~sb3_mamba.safe_load.UnsafeFileError` naming the entry (also when a tensor
+            file holds other objects). The saved run state (random generators, the envs'
+            meta-episodes in progress) is left out: weights, optimisers, counters and the replay
+            sampling generator are restored, and training restarts the envs' meta-episodes.
+        :param kwargs: attributes to set on the loaded model, as in SB3.
         """
-        checkpoints.check_model_file(path)
-        return super().load(path, env=env, device=device, custom_objects=custom_objects,
-                            print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        run_state_left_out = False
+        if safe:
+            path, custom_objects, run_state_left_out = safe_load.prepare_safe_load(
+                path, cls.policy_aliases.values(), custom_objects)
+        else:
+            checkpoints.check_model_file(path)
+        model = super().load(path, env=env, device=device, custom_objects=custom_objects,
+                             print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        model.__dict__.pop(safe_load.SAFE_DATA_KEY, None)
+        if run_state_left_out:
+            model._run_state_left_out = True
+        return model
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.model_optimizer", "policy.actor_optimizer", "policy.critic_optimizer"], []
 
     def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
-        """Pickle the replay buffer (complete and in-progress meta-episodes), replacing ``path`` atomically."""
-        if isinstance(path, (str, pathlib.Path)):
+        """Save the replay buffer (complete and in-progress meta-episodes), replacing ``path`` atomically.
+
+        A path ending in ``.npz`` gets plain NumPy arrays, which :meth:`load_replay_buffer` reads without
+        unpickling (also with ``safe=True``); any other path (``.pkl`` appended when it has no suffix) or
+        file object gets a pickle, as SB3 writes.
+
+        :param path: the file to write, or a file object.
+        """
+        if isinstance(path, (str, pathlib.Path)) and safe_load.is_npz(path):
+            checkpoints.atomic_write(path, "npz", lambda file: safe_load.save_replay_npz(file, self.replay_buffer))
+        elif isinstance(path, (str, pathlib.Path)):
             checkpoints.atomic_write(path, "pkl", lambda file: save_to_pkl(file, self.replay_buffer, self.verbose))
         else:
             save_to_pkl(path, self.replay_buffer, self.verbose)
 
-    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True) -> None:
+    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True,
+                           safe: bool = False) -> None:
         """Restore a replay buffer saved by :meth:`save_replay_buffer`.
 
+        A ``.npz`` file (a file object: one starting with a zip's signature) is read with
+        ``np.load(allow_pickle=False)``; anything else is unpickled, which can run code: only
+        load pickles you trust.
+
+        :param path: the file (``.pkl`` appended to a path without suffix), or a file object.
         :param truncate_last_traj: accepted for rl_zoo3's ``--trained-agent`` (HER's option); unfinished
             meta-episodes are kept when the run resumes exactly and dropped when its envs restart.
+        :param safe: refuse pickles (:class:`~sb3_mamba.safe_load.UnsafeFileError`): only ``.npz`` is read.
         """
-        try:
-            buffer = load_from_pkl(path, self.verbose)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # pickle raises many types on a damaged file
-            raise CheckpointError(
-                f"{path} is not a readable replay buffer (truncated or corrupted?): {type(exc).__name__}: {exc}"
-            ) from exc
+        if safe_load.is_npz(path):
+            buffer = safe_load.load_replay_npz(path)
+        elif safe:
+            raise safe_load.UnsafeFileError(
+                f"safe=True refuses {path}: a pickled replay buffer can run code when loaded. Save the buffer "
+                "as .npz (model.save_replay_buffer('replay_buffer.npz'): plain arrays) and load that, or load "
+                "this file with safe=False only if you trust it."
+            )
+        else:
+            try:
+                buffer = load_from_pkl(path, self.verbose)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:  # pickle raises many types on a damaged file
+                raise CheckpointError(
+                    f"{path} is not a readable replay buffer (truncated or corrupted?): {type(exc).__name__}: {exc}"
+                ) from exc
         if not isinstance(buffer, MetaEpisodeBuffer):
             raise CheckpointError(f"{path} does not hold a MetaEpisodeBuffer (got {type(buffer).__name__}).")
         for name in ("observation_space", "action_space"):
