@@ -28,7 +28,7 @@ from stable_baselines3.common.utils import FloatSchedule, safe_mean, update_lear
 
 from sb3_mamba import checkpoints, safe_load
 from sb3_mamba.behavior import ImaginationStarts
-from sb3_mamba.buffers import MetaEpisodeBuffer
+from sb3_mamba.buffers import MetaEpisodeBatch, MetaEpisodeBuffer
 from sb3_mamba.checkpoints import CheckpointError
 from sb3_mamba.cpu import tune_allocator
 from sb3_mamba.policies import RSSMPolicy
@@ -54,7 +54,10 @@ class MAMBA(BaseAlgorithm):
 
     :param policy: ``"RSSMPolicy"`` (aliases ``"MlpPolicy"``, ``"MultiInputPolicy"``, ``"CnnPolicy"``).
     :param env: an env ID, a Gymnasium env or a VecEnv (several envs welcome). One Gymnasium
-        episode must be one meta-episode (see :mod:`sb3_mamba_envs`).
+        episode must be one meta-episode (see :mod:`sb3_mamba_envs`). Under ``VecNormalize`` the
+        policy acts on the normalised observations, while the replay keeps the raw observations and
+        rewards and normalises sampled batches with the statistics current then, as SB3's
+        off-policy algorithms do.
     :param preset: ``"mamba"`` (default), ``"dreamer_tune"`` or ``"dreamer_vanilla"``
         (see :mod:`sb3_mamba.presets`).
     :param learning_rate: world-model Adam learning rate (1e-4; reference 2e-4 for Reacher/Panda/Humanoid),
@@ -368,11 +371,17 @@ class MAMBA(BaseAlgorithm):
         callback.update_locals(locals())
         self._update_info_buffer(infos, dones)
 
-        final_obs = _replace_done_obs(new_obs, dones, infos)
+        if self._vec_normalize_env is None:
+            stored_obs, raw_new_obs, raw_rewards, unnormalize = obs, new_obs, rewards, None
+        else:  # the replay keeps raw data, as in SB3's off-policy algorithms; _sample() normalises batches
+            stored_obs, raw_new_obs = self._last_original_obs, self._vec_normalize_env.get_original_obs()
+            raw_rewards = self._vec_normalize_env.get_original_reward()
+            unnormalize = self._vec_normalize_env.unnormalize_obs
+        final_obs = _replace_done_obs(raw_new_obs, dones, infos, unnormalize)
         terminated = np.array([d and not info.get("TimeLimit.truncated", False) for d, info in zip(dones, infos)])
         # the model's action vectors (one-hot; the actor's [-1, 1] for Box), not the env's units: the
         # world model trains on the scale it is filtered and imagined with
-        self.replay_buffer.add(obs, final_obs, action_vec.cpu().numpy(), rewards, terminated, dones)
+        self.replay_buffer.add(stored_obs, final_obs, action_vec.cpu().numpy(), raw_rewards, terminated, dones)
         for done, info in zip(dones, infos):
             if done:
                 self._episode_num += 1
@@ -381,6 +390,8 @@ class MAMBA(BaseAlgorithm):
                 if self._log_interval and self._episode_num % self._log_interval == 0:
                     self.dump_logs()
         self._last_obs = new_obs
+        if self._vec_normalize_env is not None:
+            self._last_original_obs = raw_new_obs
         self._last_episode_starts = dones
 
     # -- training --------------------------------------------------------------------
@@ -462,10 +473,20 @@ class MAMBA(BaseAlgorithm):
         """H' for the current number of env steps (logged as ``train/wm_horizon``)."""
         return self.wm_horizon_schedule(self._lifetime_timesteps)
 
-    def _sample(self):
+    def _sample(self) -> MetaEpisodeBatch:
+        """One update's batch, as the world model sees it.
+
+        Under VecNormalize the replay holds raw observations and rewards: they are normalised here with
+        the current statistics, as SB3's off-policy algorithms sample.
+        """
         if self.sampling == "prefix":
-            return self.replay_buffer.sample_prefixes(self.batch_size, self.wm_horizon() + 1, self._rng)
-        return self.replay_buffer.sample_windows(self.batch_size, self.batch_length, self._rng)
+            batch = self.replay_buffer.sample_prefixes(self.batch_size, self.wm_horizon() + 1, self._rng)
+        else:
+            batch = self.replay_buffer.sample_windows(self.batch_size, self.batch_length, self._rng)
+        if self._vec_normalize_env is not None:
+            batch.obs = self._vec_normalize_env.normalize_obs(batch.obs)
+            batch.reward = self._vec_normalize_env.normalize_reward(batch.reward)
+        return batch
 
     def _clock(self) -> float:
         if self.profile_updates and self.device.type == "cuda":
@@ -693,19 +714,27 @@ class MAMBA(BaseAlgorithm):
         self.replay_buffer = buffer
 
 
-def _replace_done_obs(new_obs: Any, dones: np.ndarray, infos: list[dict]) -> Any:
-    """The VecEnv already reset finished envs: put their final observation back for the buffer."""
+def _replace_done_obs(new_obs: Any, dones: np.ndarray, infos: list[dict],
+                      unnormalize: Callable[[Any], Any] | None = None) -> Any:
+    """The VecEnv already reset finished envs: put their final observation back for the buffer.
+
+    :param new_obs: the observations the VecEnv returned (the next meta-episode's first for finished envs).
+    :param dones: which envs finished.
+    :param infos: the VecEnv's infos, holding each finished env's ``"terminal_observation"``.
+    :param unnormalize: applied to each final observation first (VecNormalize normalised those in ``infos``).
+    """
     if not dones.any():
         return new_obs
-    if isinstance(new_obs, dict):
-        final = {k: v.copy() for k, v in new_obs.items()}
-        for i in np.flatnonzero(dones):
-            for k in final:
-                final[k][i] = infos[i]["terminal_observation"][k]
-        return final
-    final = new_obs.copy()
+    final = {k: v.copy() for k, v in new_obs.items()} if isinstance(new_obs, dict) else new_obs.copy()
     for i in np.flatnonzero(dones):
-        final[i] = infos[i]["terminal_observation"]
+        terminal = infos[i]["terminal_observation"]
+        if unnormalize is not None:
+            terminal = unnormalize(terminal)
+        if isinstance(final, dict):
+            for k in final:
+                final[k][i] = terminal[k]
+        else:
+            final[i] = terminal
     return final
 
 
