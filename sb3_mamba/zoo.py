@@ -9,12 +9,24 @@ with two defaults the zoo lacks: our ``hyperparams/<algo>.yml`` as
     python -m sb3_mamba.zoo train --algo mamba --env MetaRooms-3-v0 -f logs/ --eval-freq 10000
     python -m sb3_mamba.zoo train --algo ppo_lstm --env MetaRooms-3-v0 -f logs/      # RL^2 baseline
     python -m sb3_mamba.zoo enjoy --algo mamba --env MetaRooms-3-v0 -f logs/ --no-render
+    python -m sb3_mamba.zoo record-video --algo mamba --env MetaRooms-3-v0 -f logs/ -n 400 -o videos/
+    python -m sb3_mamba.zoo plot-train --algo mamba --env MetaRooms-3-v0 -f logs/ -w 10 -o train.png
+    python -m sb3_mamba.zoo all-plots -a mamba ppo_lstm -e MetaRooms-3-v0 -f logs/ --no-display -o scores
+    python -m sb3_mamba.zoo plot-from-file -i scores.pkl -o scores.png --format png
     python -m sb3_mamba.zoo train --algo mamba --env MetaRooms-1-v0 -optimize --n-trials 50 \
         --storage sqlite:///mamba_rooms1.db --study-name mamba-rooms1    # run on several machines at once
     sb3-mamba-zoo train ...                                                          # same, console script
 
 Everything else (flags, log folders, ``-params`` overrides, Optuna's
 ``--storage``) is rl_zoo3's own.
+
+``record-video`` runs ``rl_zoo3.record_video`` (which has neither ``--gym-packages`` nor our
+algorithms) with both in place: ``sb3_mamba_envs`` and any ``--gym-packages`` are imported first.
+It writes ``<-o folder or run/videos>/<final-model|best-model>-<algo>-<env>-step-0-to-step-<n>.mp4``
+through moviepy (its ffmpeg comes from imageio-ffmpeg; no system ffmpeg needed).
+``plot-train``, ``plot-from-file`` and ``all-plots`` are rl_zoo3.cli's ``plot_train``,
+``plot_from_file`` and ``all_plots`` (underscored names work too); ``plot-train`` only shows its
+figure in rl_zoo3, so ``-o FILE`` (ours) saves it instead.
 """
 
 from __future__ import annotations
@@ -138,24 +150,126 @@ def _with_defaults(argv: list[str], conf_file: bool = True) -> list[str]:
     return argv
 
 
+def _pop_option(argv: list[str], names: tuple[str, ...],
+                nargs: str = "1") -> tuple[list[str] | None, list[str]]:
+    """Take ``NAME VALUE`` (``nargs="1"``) or ``NAME VALUE...`` (``"+"``) out of ``argv``.
+
+    Returns (the values, or None when ``NAME`` is absent; the rest of ``argv``)."""
+    rest, values, i = [], None, 0
+    while i < len(argv):
+        if argv[i] in names:
+            values = [] if values is None else values
+            i += 1
+            while i < len(argv) and not (argv[i].startswith("-") and len(argv[i]) > 1):
+                values.append(argv[i])
+                i += 1
+                if nargs == "1":
+                    break
+            if not values:
+                raise SystemExit(f"{argv[i - 1]} needs a value")
+            continue
+        rest.append(argv[i])
+        i += 1
+    return values, rest
+
+
+def _require_video_writer() -> None:
+    """moviepy (SB3's VecVideoRecorder writes with it) and its ffmpeg, or a clear ``SystemExit``."""
+    hint = "install it with: pip install 'sb3-mamba[zoo]' (or: pip install moviepy)"
+    try:
+        import moviepy  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"record-video writes mp4 files with moviepy, which is not installed: {hint}") \
+            from exc
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as exc:
+        raise SystemExit(f"record-video needs an ffmpeg binary for moviepy and found none ({exc}): "
+                         "pip install imageio-ffmpeg (ships one), or install ffmpeg and set "
+                         "IMAGEIO_FFMPEG_EXE") from exc
+
+
+def _record_video(argv: list[str]) -> None:
+    import importlib
+    import runpy
+
+    _require_video_writer()
+    packages, argv = _pop_option(argv, ("--gym-packages",), nargs="+")
+    for package in ["sb3_mamba_envs", *(packages or [])]:
+        importlib.import_module(package)
+    sys.argv = ["rl_zoo3.record_video", *argv]
+    runpy.run_module("rl_zoo3.record_video", run_name="__main__", alter_sys=True)
+
+
+def _plot_train(argv: list[str]) -> None:
+    output, argv = _pop_option(argv, ("-o", "--output"))
+    if output:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    import contextlib
+    from unittest import mock
+
+    import matplotlib.pyplot as plt
+    from rl_zoo3.plots import plot_train
+
+    def save(*_args: Any, **_kwargs: Any) -> None:
+        Path(output[0]).parent.mkdir(parents=True, exist_ok=True)
+        plt.savefig(output[0])
+        print(f"Saving to {output[0]}")
+
+    sys.argv = ["rl_zoo3.plot_train", *argv]
+    with mock.patch.object(plt, "show", save) if output else contextlib.nullcontext():
+        plot_train()
+
+
+def _run_train(argv: list[str]) -> None:
+    from rl_zoo3.train import train
+
+    sys.argv = ["rl_zoo3.train", *_with_defaults(argv)]
+    train()
+
+
+def _run_enjoy(argv: list[str]) -> None:
+    from rl_zoo3.enjoy import enjoy
+
+    sys.argv = ["rl_zoo3.enjoy", *_with_defaults(argv, conf_file=False)]
+    enjoy()
+
+
+def _run_plot(name: str):
+    def run(argv: list[str]) -> None:
+        from rl_zoo3 import plots
+
+        output, _ = _pop_option(argv, ("-o", "--output"))
+        if output:  # rl_zoo3 writes there without creating the folder
+            Path(output[0]).parent.mkdir(parents=True, exist_ok=True)
+        sys.argv = [f"rl_zoo3.{name}", *argv]
+        getattr(plots, name)()
+
+    return run
+
+
+COMMANDS = {
+    "train": _run_train,
+    "enjoy": _run_enjoy,
+    "record-video": _record_video,
+    "plot-train": _plot_train,
+    "plot-from-file": _run_plot("plot_from_file"),
+    "all-plots": _run_plot("all_plots"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``sb3-mamba-zoo {train,enjoy} [rl_zoo3 flags]``."""
+    """``sb3-mamba-zoo {train,enjoy,record-video,plot-train,plot-from-file,all-plots} [rl_zoo3 flags]``."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = ("train", "enjoy")
-    if not argv or argv[0] not in commands:
-        raise SystemExit(f"usage: sb3-mamba-zoo {{{','.join(commands)}}} [rl_zoo3 flags]\n\n{__doc__}")
-    command, rest = argv[0], argv[1:]
+    command = argv[0].replace("_", "-") if argv else None
+    if command not in COMMANDS:
+        raise SystemExit(f"usage: sb3-mamba-zoo {{{','.join(COMMANDS)}}} [rl_zoo3 flags]\n\n{__doc__}")
     register()
-    if command == "train":
-        from rl_zoo3.train import train
-
-        sys.argv = ["rl_zoo3.train", *_with_defaults(rest)]
-        train()
-    else:
-        from rl_zoo3.enjoy import enjoy
-
-        sys.argv = ["rl_zoo3.enjoy", *_with_defaults(rest, conf_file=False)]
-        enjoy()
+    COMMANDS[command](argv[1:])
 
 
 if __name__ == "__main__":

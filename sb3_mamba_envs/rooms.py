@@ -34,6 +34,9 @@ MOVES = np.array([[0, 1], [1, 0], [0, -1], [-1, 0], [0, 0]])
 #: minigrid's agent_dir (0 right, 1 down, 2 left, 3 up) for each move, for rendering
 _AGENT_DIR = (3, 0, 1, 2, 0)
 _TRAIL_COLORS = ("red", "green", "blue", "purple", "yellow")
+#: pixels per grid cell in rgb_array frames: the grid is 5 cells high (3 + a wall on each side), so
+#: frames are 260 px high (and 52 * (6N - 1) wide), even sizes as video encoders want
+TILE_SIZE = 52
 
 
 class RoomsTask(TaskEnv[np.ndarray]):
@@ -43,7 +46,7 @@ class RoomsTask(TaskEnv[np.ndarray]):
     reward_bounds = (-0.1, 1.0)
 
     def __init__(self, num_rooms: int = 3, stay_action: bool = False, render_mode: str | None = None,
-                 tile_size: int = 16):
+                 tile_size: int = TILE_SIZE):
         self.num_rooms = num_rooms
         self.width = ROOM_PITCH * num_rooms - ROOM_PITCH + ROOM_SIZE
         self.height = ROOM_SIZE

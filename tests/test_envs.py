@@ -224,6 +224,7 @@ def test_rgb_array_frames_show_motion(env_id):
     env.reset(seed=0)
     first = env.render()
     assert first.dtype == np.uint8 and first.ndim == 3 and first.shape[2] == 3
+    assert min(first.shape[:2]) >= 256, first.shape  # large enough to see in a video (record-video)
     assert first.std() > 1.0  # not a constant image
     space = env.action_space
     action = 1 if isinstance(space, gym.spaces.Discrete) else np.ones(space.shape, np.float32)
@@ -233,6 +234,17 @@ def test_rgb_array_frames_show_motion(env_id):
     assert moved.shape == first.shape
     assert np.abs(moved.astype(int) - first.astype(int)).sum() > 0
     env.close()
+
+
+def test_rooms_frame_size_follows_an_explicit_tile_size():
+    from sb3_mamba_envs.rooms import RoomsTask
+
+    for num_rooms, tile_size in ((1, 16), (2, 8)):
+        task = RoomsTask(num_rooms=num_rooms, render_mode="rgb_array", tile_size=tile_size)
+        task.set_task(task.goal_candidates[:, 0])
+        task.reset(seed=0)
+        # (6N - 3 cells + 2 walls) x (3 cells + 2 walls)
+        assert task.render().shape == (5 * tile_size, (6 * num_rooms - 1) * tile_size, 3)
 
 
 @pytest.mark.parametrize("vec_env_cls", [DummyVecEnv, SubprocVecEnv])

@@ -14,7 +14,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_mamba_envs import ENV_IDS
 from tests.rendering import PIXEL_MUJOCO_IDS, can_render
-from sb3_mamba.zoo import HYPERPARAMS_DIR, ZOO_ALGOS, _with_defaults
+from sb3_mamba.zoo import HYPERPARAMS_DIR, ZOO_ALGOS, _pop_option, _with_defaults
 
 pytest.importorskip("rl_zoo3")
 
@@ -69,6 +69,21 @@ def test_cli_defaults():
     assert Path(argv[argv.index("--conf-file") + 1]) == HYPERPARAMS_DIR / "mamba.yml"
     explicit = _with_defaults(["--algo", "mamba", "--conf-file", "mine.yml"])
     assert explicit.count("--conf-file") == 1
+
+
+def test_cli_commands_and_their_options(monkeypatch):
+    from sb3_mamba import zoo
+
+    with pytest.raises(SystemExit, match="record-video,plot-train,plot-from-file,all-plots"):
+        zoo.main(["record_training"])
+    argv = ["--algo", "mamba", "--gym-packages", "a", "b", "-n", "5"]
+    assert _pop_option(argv, ("--gym-packages",), "+") == (["a", "b"], ["--algo", "mamba", "-n", "5"])
+    assert _pop_option(["-o", "x.png", "-w", "1"], ("-o", "--output")) == (["x.png"], ["-w", "1"])
+    assert _pop_option(["-w", "1"], ("-o", "--output")) == (None, ["-w", "1"])
+    # without moviepy, record-video stops before loading anything and says what to install
+    monkeypatch.setitem(sys.modules, "moviepy", None)
+    with pytest.raises(SystemExit, match=r"moviepy, which is not installed: install it with: pip install"):
+        zoo.main(["record-video", "--algo", "mamba", "--env", "MetaRooms-1-v0"])
 
 
 def run_zoo(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -127,3 +142,31 @@ def test_zoo_continues_a_run_with_its_replay_buffer(tmp_path):
     second = MAMBA.load(tmp_path / "mamba" / f"{env_id}_2" / f"{env_id}.zip")
     assert second._lifetime_timesteps == first._lifetime_timesteps + 200  # the schedule keeps its position
     assert second._n_updates > first._n_updates
+
+
+def test_record_video_and_plot_commands_on_a_tiny_run(tmp_path):
+    """rl_zoo3's record_video and plot tools with our algorithms and env IDs (rl_zoo3's own know neither)."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    env_id = "MetaRooms-1-v0"
+    for seed in ("0", "1"):  # rl_zoo3's plot_from_file needs two runs (one leaves it nothing to plot)
+        run_zoo(["train", "--algo", "mamba", "--env", env_id, "-f", "logs", "-n", "400", "--eval-freq", "200",
+                 "--eval-episodes", "2", "--seed", seed, *debug_conf("mamba")], tmp_path)
+
+    out = run_zoo(["record-video", "--algo", "mamba", "--env", env_id, "-f", "logs", "-n", "30",
+                   "-o", "videos"], tmp_path)
+    video = tmp_path / "videos" / f"final-model-mamba-{env_id}-step-0-to-step-30.mp4"
+    assert video.is_file(), out.stdout[-2000:]
+    frames = imageio_ffmpeg.read_frames(str(video))
+    meta = next(frames)
+    assert min(meta["size"]) >= 256, meta["size"]  # large enough to see (Rooms: 260 x 260)
+    assert sum(1 for _ in frames) == 31  # the reset frame and one per step
+
+    run_zoo(["all-plots", "-a", "mamba", "-e", env_id, "-f", "logs", "--no-display", "-o", "plots/scores"],
+            tmp_path)
+    run_zoo(["plot_from_file", "-i", "plots/scores.pkl", "-o", "plots/scores.png", "--format", "png"],
+            tmp_path)  # (rl_zoo3.cli's underscored name works too)
+    run_zoo(["plot-train", "--algo", "mamba", "--env", env_id, "-f", "logs", "-w", "1",
+             "-o", "plots/train.png"], tmp_path)
+    for name in ("train.png", "scores.pkl", "scores.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 0, name
+    assert (tmp_path / "plots" / "train.png").stat().st_size > 5000  # a drawn figure, not an empty canvas
