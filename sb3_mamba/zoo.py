@@ -14,7 +14,9 @@ with two defaults the zoo lacks: our ``hyperparams/<algo>.yml`` as
     python -m sb3_mamba.zoo all-plots -a mamba ppo_lstm -e MetaRooms-3-v0 -f logs/ --no-display -o scores
     python -m sb3_mamba.zoo plot-from-file -i scores.pkl -o scores.png --format png
     python -m sb3_mamba.zoo train --algo mamba --env MetaRooms-1-v0 -optimize --n-trials 50 \
-        --storage sqlite:///mamba_rooms1.db --study-name mamba-rooms1    # run on several machines at once
+        --storage sqlite:///mamba_rooms1.db --study-name mamba-rooms1    # tuning on one machine
+    python -m sb3_mamba.zoo train ... -optimize --study-name mamba-rooms1 \
+        --storage postgresql+psycopg://user:password@host:5432/optuna   # several machines ([postgres] extra)
     sb3-mamba-zoo train ...                                                          # same, console script
 
 Everything else (flags, log folders, ``-params`` overrides, Optuna's
@@ -225,9 +227,45 @@ def _plot_train(argv: list[str]) -> None:
         plot_train()
 
 
+def prepare_storage(url: str, attempts: int = 8) -> None:
+    """Create Optuna's tables in the database at ``url`` once, when several workers start together.
+
+    Each worker's ``optuna.create_study`` creates any missing tables. On a fresh PostgreSQL database
+    workers that start together race there (one fails with ``UniqueViolation`` on
+    ``pg_type_typname_nsp_index``, PostgreSQL's catalogue of type names); the study itself is safe
+    (``load_if_exists``). So the tables are made here first, retrying until one worker's transaction
+    has committed them. JournalStorage files (``*.log``) need nothing.
+    """
+    if "://" not in url:
+        return
+    import random
+    import time
+
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            optuna.storages.RDBStorage(url).remove_session()
+            return
+        except ImportError as exc:  # no driver for the URL's dialect
+            shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+            hint = "" if not url.startswith("postgres") else (
+                " For PostgreSQL: pip install 'sb3-mamba[postgres]' (psycopg 3) and write the URL as "
+                "postgresql+psycopg://user:password@host:port/database")
+            raise SystemExit(f"Optuna storage {shown}: no database driver ({exc.__cause__ or exc}).{hint}") \
+                from exc
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)  # (another worker is creating them)
+
+
 def _run_train(argv: list[str]) -> None:
     from rl_zoo3.train import train
 
+    if {"-optimize", "--optimize-hyperparameters"} & set(argv) and "--storage" in argv:
+        prepare_storage(argv[argv.index("--storage") + 1])
     sys.argv = ["rl_zoo3.train", *_with_defaults(argv)]
     train()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,72 @@ def test_optuna_tuning_through_the_zoo_with_shared_storage(tmp_path):
     # a second "machine" adds trials to the same study
     run_zoo(args, tmp_path)
     assert len(optuna.load_study(study_name="mamba-test", storage=storage).trials) == 4
+
+
+POSTGRES_URL = os.environ.get("SB3_MAMBA_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="SB3_MAMBA_TEST_POSTGRES_URL is unset: no PostgreSQL server to "
+                    "tune against (.ci/run starts one; or export postgresql+psycopg://user:pass@host/db)")
+def test_two_tuning_workers_at_once_fill_one_postgresql_study(tmp_path):
+    """The README's multi-machine tuning: two zoo workers start together against one PostgreSQL study.
+
+    Each test run gets a schema of its own (dropped at the end), so the workers always meet a database
+    without Optuna's tables, where starting together used to fail.
+    """
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install 'sb3-mamba[postgres]'")
+    import optuna
+    import sqlalchemy as sa
+
+    schema = f"sb3_mamba_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    storage = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    storage = storage.render_as_string(hide_password=False)
+    workers = []
+    try:
+        for worker, n_trials in enumerate((1, 2)):  # 1 + 2 trials: the study's 3 can only come from both
+            folder = tmp_path / f"worker{worker}"
+            folder.mkdir()
+            args = ["train", "--algo", "mamba", "--env", "MetaRooms-1-v0", "-f", str(folder), "-n", "300",
+                    "-optimize", "--n-trials", str(n_trials), "--n-jobs", "1", "--sampler", "random",
+                    "--seed", str(worker), "--storage", storage, "--study-name", "mamba-test",
+                    *debug_conf("mamba")]
+            workers.append(subprocess.Popen([sys.executable, "-m", "sb3_mamba.zoo", *args], cwd=folder,
+                                            text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for process in workers:
+            _, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, stderr[-3000:]
+
+        study = optuna.load_study(study_name="mamba-test", storage=storage)
+        assert len(study.trials) == 3 and sorted(t.number for t in study.trials) == [0, 1, 2]
+        assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                   for t in study.trials)
+        assert {"train_ratio", "imag_horizon", "dyn_deter"} <= set(study.trials[0].params)
+        with admin.connect() as connection:  # the tables are in the test's schema, not elsewhere
+            tables = connection.execute(sa.text("SELECT table_name FROM information_schema.tables "
+                                                "WHERE table_schema = :schema"), {"schema": schema}).scalars()
+            assert {"studies", "trials"} <= set(tables)
+    finally:
+        for process in workers:
+            if process.poll() is None:
+                process.kill()
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_a_storage_url_without_its_driver_says_what_to_install(monkeypatch):
+    from sb3_mamba.zoo import prepare_storage
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(SystemExit) as error:
+        prepare_storage("postgresql+psycopg://user:secret@127.0.0.1:1/db")
+    message = str(error.value)
+    assert "pip install 'sb3-mamba[postgres]'" in message and "postgresql+psycopg://user:password@" in message
+    assert "secret" not in message
+    prepare_storage("study.log")  # a JournalStorage file: nothing to prepare
 
 
 def test_zoo_continues_a_run_with_its_replay_buffer(tmp_path):
