@@ -26,6 +26,17 @@ from sb3_mamba import MAMBA
 from sb3_mamba.presets import CPU_QUICKSTART
 from sb3_mamba_envs.oracles import play_scripted
 
+def clearly_above(mean: float, std: float, num_tasks: int, random_returns: np.ndarray) -> tuple[bool, float, float]:
+    """Whether MAMBA's mean return (``std`` over ``num_tasks`` tasks) beats the random policy's by more
+    than two standard errors of the difference: both means are estimates, so both spreads count.
+
+    Returns (verdict, difference of the means, two standard errors of it).
+    """
+    gap = mean - float(np.mean(random_returns))
+    two_errors = 2.0 * float(np.sqrt(std**2 / num_tasks + np.var(random_returns) / len(random_returns)))
+    return gap > two_errors, gap, two_errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="MetaRooms-1-v0")
@@ -63,13 +74,10 @@ def main() -> None:
               f"{mean:18.2f} +- {std:5.2f}", flush=True)
     model.save(args.save)
     print(f"saved to {args.save}; reload with MAMBA.load({args.save!r})")
-    # Both means are estimates: compare their difference with two standard errors of it (MAMBA's
-    # spread over its 30 evaluation tasks and the random policy's over 100).
-    gap = mean - random_returns.mean()
-    standard_error = np.sqrt(std**2 / 30 + random_returns.var() / len(random_returns))
-    verdict = "clearly above" if gap > 2 * standard_error else "not clearly above"
+    above, gap, two_errors = clearly_above(mean, std, 30, random_returns)
+    verdict = "clearly above" if above else "not clearly above"
     print(f"final return {mean:.2f}: {verdict} the random policy's {random_returns.mean():.2f} "
-          f"(difference {gap:.2f}, two standard errors {2 * standard_error:.2f})")
+          f"(difference {gap:.2f}, two standard errors {two_errors:.2f})")
 
 
 if __name__ == "__main__":

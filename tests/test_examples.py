@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +30,19 @@ def test_train_mamba_example(tmp_path):
                "--save", str(tmp_path / "m.zip")], tmp_path)
     assert "random policy" in out and "final return" in out
     assert (tmp_path / "m.zip").is_file()
+
+
+def test_train_mamba_verdict_counts_mambas_spread():
+    spec = importlib.util.spec_from_file_location("train_mamba", ROOT / "examples/train_mamba.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    random_returns = np.random.default_rng(0).normal(0.5, 0.5, size=100)
+    # a mean above random's own standard error but within MAMBA's spread over 30 tasks: not clear
+    above, gap, two_errors = example.clearly_above(1.5, 10.0, 30, random_returns)
+    assert not above and 0 < gap < two_errors
+    assert gap > 2 * random_returns.std() / np.sqrt(100)  # the old rule would have called it above
+    above, gap, two_errors = example.clearly_above(12.0, 8.0, 30, random_returns)
+    assert above and gap > two_errors
 
 
 def test_quickstart_and_gif_recorder(tmp_path):
