@@ -10,7 +10,7 @@ OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # the fused posterior scan against the autograd step loop on the GPU first (pytest wheels in .whl/)
 if python3 -c "import pytest" 2>/dev/null; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_rssm_scan.py -k cuda 2>&1 | tee "$OUT/scan_check_gpu.txt"
+  python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k cuda 2>&1 | tee "$OUT/scan_check_gpu.txt"
 else
   echo "pytest not installed: add its wheels (pytest, pluggy, iniconfig, packaging) to .whl/ for the scan check"
 fi

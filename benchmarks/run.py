@@ -11,10 +11,10 @@ Prints each table and writes ``benchmarks/results/benchmark_<tag>.json`` and ``.
   stoch 16x16, hidden 64, batch 16, L_wm 64, L_ac 512, imagination horizon 2 as the
   reference on Rooms/PRN; the pixel envs add the CNN encoder/decoder), split into RSSM unroll (forward), the rest of the world-model
   step (heads, losses, backward, Adam), imagination (forward) and the rest of the
-  actor-critic step; for the plain eager formulation (``benchmarks/plain_update.py``,
-  measured in the same run as the baseline), the optimised float32 path and bfloat16
-  autocast; on Rooms-3 and PRN also the plain formulation under bfloat16 autocast (the
-  bfloat16 mode's like-for-like baseline). Each case runs in its own process, so its
+  actor-critic step; for each backend (``MAMBA(backend=...)``, :mod:`sb3_mamba.kernels`):
+  ``eager`` (the modules' own math, the same-run baseline), ``native`` and, with
+  ``--compile``, ``compile``, in float32, and ``native`` under bfloat16 autocast; on Rooms-3
+  and PRN also ``eager`` under bfloat16 autocast (the bfloat16 mode's like-for-like baseline). Each case runs in its own process, so its
   peak memory is its own.
 * **scaling**: update cost against H' = 50 ... 800 and its least-squares slope.
 * **schedule**: wall time of all updates of a full run with the world-model horizon
@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.env_util import make_vec_env
 
-from benchmarks.plain_update import plain_update
 from sb3_mamba import MAMBA
+from sb3_mamba.kernels import select_backend
+from sb3_mamba.kernels.layers import PaddedLinear
 from sb3_mamba.mamba import _imagination_starts
 from sb3_mamba.schedules import WorldModelHorizonSchedule
 
@@ -61,9 +62,10 @@ VANILLA = dict(units=512, dyn_deter=512, dyn_stoch=32, dyn_discrete=32, dyn_hidd
                policy_kwargs=dict(encoder_units=512, encoder_layers=4))
 QUICK = dict(units=32, dyn_deter=32, dyn_stoch=4, dyn_discrete=4, dyn_hidden=16, batch_size=4,
              policy_kwargs=dict(encoder_units=32, encoder_layers=1))
-MODES = ("plain", "optimised", "bfloat16")
-#: + the plain formulation under bfloat16 autocast: the like-for-like baseline of the bfloat16 mode
-MODES_WITH_PLAIN_BF16 = ("plain", "plain_bfloat16", "optimised", "bfloat16")
+#: a backend (sb3_mamba.kernels), "_bfloat16" for bfloat16 autocast
+MODES = ("eager", "native", "native_bfloat16")
+#: + eager under bfloat16 autocast: the like-for-like baseline of the bfloat16 mode
+MODES_WITH_EAGER_BF16 = ("eager", "eager_bfloat16", "native", "native_bfloat16")
 
 
 # -- building and timing -------------------------------------------------------------------------
@@ -86,9 +88,22 @@ def sync(model: MAMBA) -> None:
         torch.cuda.synchronize(model.device)
 
 
+@contextlib.contextmanager
 def mode_context(model: MAMBA, mode: str):
+    """Train ``model`` with ``mode``'s backend and precision inside the block."""
     model.precision = "bfloat16" if mode.endswith("bfloat16") else "float32"
-    return plain_update() if mode.startswith("plain") else contextlib.nullcontext()
+    model.kernels = select_backend(mode.removesuffix("_bfloat16"), model.device)
+    padded = [layer for layer in model.policy.modules() if isinstance(layer, PaddedLinear)]
+    if model.kernels.prepare is not None:
+        model.kernels.prepare(model.policy)
+    else:  # the eager backend: plain nn.Linear heads (same parameters)
+        for layer in padded:
+            layer.__class__ = torch.nn.Linear
+    try:
+        yield
+    finally:
+        for layer in padded:
+            layer.__class__ = PaddedLinear
 
 
 def time_forward_parts(model: MAMBA, repeats: int) -> tuple[float, float]:
@@ -104,12 +119,18 @@ def time_forward_parts(model: MAMBA, repeats: int) -> tuple[float, float]:
             embed = wm.encode(obs)
             sync(model)
             tic = time.perf_counter()
-            post, _ = wm.rssm.observe(embed, action, is_first)
+            if model.kernels.observe is None:
+                post, _ = wm.rssm.observe(embed, action, is_first)
+            else:
+                post, _ = model.kernels.observe(wm.rssm, embed, action, is_first)
             sync(model)
             unroll.append(time.perf_counter() - tic)
             starts = _imagination_starts(post, mask, model.ac_indices)
             tic = time.perf_counter()
-            ac.imagine(wm.rssm, starts, model.imag_horizon)
+            if model.kernels.imagine is None:
+                ac.imagine(wm, starts, model.imag_horizon)
+            else:
+                model.kernels.imagine(ac, wm, starts, model.imag_horizon)
             sync(model)
             imagine.append(time.perf_counter() - tic)
     return float(np.median(unroll)), float(np.median(imagine))
@@ -119,7 +140,7 @@ def time_updates(model: MAMBA, modes: tuple[str, ...], prefix: int | None, updat
                  warmup: int) -> dict[str, dict[str, float]]:
     """Seconds per update of each mode at H' = ``prefix``, the modes interleaved in rounds.
 
-    A shared machine's speed drifts over minutes; running plain / optimised / bfloat16
+    A shared machine's speed drifts over minutes; running the modes
     in turns (3 rounds) keeps the ratios between them fair.
     """
     if prefix is not None:  # pin H'
@@ -150,11 +171,10 @@ def time_updates(model: MAMBA, modes: tuple[str, ...], prefix: int | None, updat
                   "mean_wall_s_per_update": float(np.mean(times["wall"])),
                   "world_model_s": float(np.median(times["world_model"])),
                   "actor_critic_s": float(np.median(times["actor_critic"]))}
-        if not mode.startswith("plain"):  # (the plain formulation imagines inside its loss: no separate split)
-            with mode_context(model, mode):
-                unroll, imagine = time_forward_parts(model, max(2, updates // 2))
-            result.update(rssm_unroll_s=unroll, wm_rest_s=result["world_model_s"] - unroll, imagination_s=imagine,
-                          ac_rest_s=result["actor_critic_s"] - imagine)
+        with mode_context(model, mode):
+            unroll, imagine = time_forward_parts(model, max(2, updates // 2))
+        result.update(rssm_unroll_s=unroll, wm_rest_s=result["world_model_s"] - unroll, imagination_s=imagine,
+                      ac_rest_s=result["actor_critic_s"] - imagine)
         results[mode] = result
     return results
 
@@ -167,12 +187,12 @@ def peak_rss_mb() -> float:
 def update_cases(quick: bool) -> list[dict[str, Any]]:
     if quick:
         return [{"name": "Rooms-3 MAMBA (quick)", "env": "MetaRooms-3-v0", "env_kwargs": {"sub_episode_length": 10},
-                 "preset": "mamba", "sizes": "QUICK", "prefixes": [10, 20], "modes": MODES_WITH_PLAIN_BF16}]
+                 "preset": "mamba", "sizes": "QUICK", "prefixes": [10, 20], "modes": MODES_WITH_EAGER_BF16}]
     return [
         {"name": "Rooms-3 MAMBA", "env": "MetaRooms-3-v0", "preset": "mamba", "sizes": "PAPER", "prefixes": [50, 200],
-         "modes": MODES_WITH_PLAIN_BF16},
+         "modes": MODES_WITH_EAGER_BF16},
         {"name": "PRN MAMBA", "env": "MetaPointRobot-v0", "preset": "mamba", "sizes": "PAPER", "prefixes": [300],
-         "modes": MODES_WITH_PLAIN_BF16},
+         "modes": MODES_WITH_EAGER_BF16},
         {"name": "Rooms-3 Dreamer-Tune", "env": "MetaRooms-3-v0", "preset": "dreamer_tune", "sizes": "PAPER",
          "prefixes": [None]},
         {"name": "Rooms-3 Dreamer-Vanilla sizes", "env": "MetaRooms-3-v0", "preset": "dreamer_vanilla",
@@ -206,6 +226,8 @@ def run_update_case(case: dict[str, Any], device: str, updates: int, quick: bool
 def section_update(args) -> list[dict[str, Any]]:
     rows = []
     for case in update_cases(args.quick):
+        if args.compile:
+            case = {**case, "modes": (*case.get("modes", MODES), "compile")}
         if args.quick:  # in-process: fast enough, and no second interpreter start
             rows += run_update_case(case, args.device, args.updates, True)
             continue
@@ -223,7 +245,7 @@ def section_scaling(args) -> dict[str, Any]:
                   n_envs=2, quick=args.quick)
     rows = []
     for prefix in prefixes:
-        result = time_updates(model, ("optimised",), prefix, max(2, args.updates // 2), warmup=1)["optimised"]
+        result = time_updates(model, ("native",), prefix, max(2, args.updates // 2), warmup=1)["native"]
         rows.append({"H_prime": prefix, **result})
     model.env.close()
     h = np.array(prefixes, dtype=float)
@@ -333,16 +355,16 @@ def section_training(args) -> list[dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# sb3-mamba benchmark ({report['device']}, torch {report['torch']}, {report['threads']} threads)", ""]
     lines += ["## Seconds per gradient update", "",
-              "| case | H' | mode | s/update | x plain | x plain, same precision | RSSM unroll | WM rest | "
+              "| case | H' | mode | s/update | x eager | x eager, same precision | RSSM unroll | WM rest | "
               "imagination | AC rest | peak RSS MB |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     seconds = {(r["case"], r["H_prime"], r["mode"]): r["s_per_update"] for r in report["update"]}
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in report["update"]:
         key = (r["case"], r["H_prime"])
-        ratio = seconds[(*key, "plain")] / r["s_per_update"]
-        # bfloat16 against the plain formulation under the same autocast, where the case measured it
-        same = seconds.get((*key, "plain_bfloat16" if r["mode"].endswith("bfloat16") else "plain"))
+        ratio = seconds[(*key, "eager")] / r["s_per_update"]
+        # bfloat16 against the eager backend under the same autocast, where the case measured it
+        same = seconds.get((*key, "eager_bfloat16" if r["mode"].endswith("bfloat16") else "eager"))
         same_ratio = "-" if same is None else f"{same / r['s_per_update']:.2f}x"
         lines.append(f"| {r['case']} | {r['H_prime']} | {r['mode']} | {r['s_per_update']:.3f} | {ratio:.2f}x | "
                      f"{same_ratio} | "
@@ -352,7 +374,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Reference implementation, measured once on another 2-core machine (not this run): "
                   + ", ".join(f"H' = {h}: {s} s" for h, s in report["reference_cpu"].items())]
     sc = report["scaling"]
-    lines += ["", "## Update cost against H' (optimised, float32)", "", "| H' | s/update | world model | actor-critic |",
+    lines += ["", "## Update cost against H' (native, float32)", "", "| H' | s/update | world model | actor-critic |",
               "|---|---|---|---|"]
     lines += [f"| {r['H_prime']} | {r['s_per_update']:.3f} | {r['world_model_s']:.3f} | {r['actor_critic_s']:.3f} |"
               for r in sc["rows"]]
@@ -390,6 +412,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
     parser.add_argument("--updates", type=int, default=6, help="timed updates per case and mode")
     parser.add_argument("--sections", default="update,scaling,acting,training", help="comma-separated subset")
+    parser.add_argument("--compile", action="store_true", help="also time the compile backend (compiles first)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one update case per process
     args = parser.parse_args()

@@ -4,23 +4,14 @@ MAMBA starts imagination from the detached posterior states at ``L_ac``
 indices per sampled meta-episode (paper Sec. 3.3), so the behaviour learner
 sees latents that encode the meta-episode's history since step 0.
 
-Shapes: ``N`` imagination starts, ``M`` distinct start states, ``H`` imagination
-horizon, ``F`` feature size.
-
-MAMBA draws ``L_ac`` = 512 starts per sequence with replacement from the H' + 1
-posterior states of a prefix, so at H' = 200 the 8192 starts hold only ~3200
-distinct states. Everything that depends on the start state alone (actor and
-critic outputs at step 0, the state's half of the first GRU gate layer, about
-a third of the imagination FLOPs) is computed once per distinct state and
-indexed. The actor's outputs from the rollout are reused by its loss. On
-discrete actions nothing differentiates through the rollout, so the first step
-runs once per distinct (start state, action) pair, the features stay factored
-(:class:`~sb3_mamba.networks.FactoredInput`: one-hot latent as a gather, shared
-deterministic states once), the heads that need no gradient (reward,
-continuation, slow critic, the last step's critic) share one first layer per
-step, and the critic's gradient pass covers only the steps of its loss.
-``benchmarks/plain_update.py`` keeps the plain formulation;
-``tests/test_equivalence.py`` checks both agree.
+:meth:`ActorCritic.imagine` rolls the actor out in the world model and reads
+the heads (reward, continuation, critic, slow critic) on the imagined states;
+:meth:`ActorCritic.losses` turns that :class:`Imagination` into the actor's and
+critic's losses with the pure functions below. This is the ``"eager"``
+backend's path; :mod:`sb3_mamba.kernels.imagination` computes the same
+:class:`Imagination` faster (shared start states, factored features), checked
+against this one. Shapes: ``N`` starts, ``M`` distinct start states, ``h``
+imagination horizon, ``F`` feature size, ``A`` action size (``docs/shapes.md``).
 """
 
 from __future__ import annotations
@@ -28,7 +19,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +27,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import BoundedNormal, OneHotCategorical, TwoHot, full_precision, one_hot_mode
-from sb3_mamba.networks import FactoredInput, mlp, mlp_outputs
+from sb3_mamba.networks import mlp
 from sb3_mamba.rssm import RSSM, State
 
 
@@ -120,13 +111,6 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _step_outputs(feats: list[FactoredInput], mlps: list[nn.Sequential], rows: int) -> list[Tensor]:
-    """``mlps`` on the features of several steps (first layers shared): (len(feats), rows, out) each."""
-    if not feats:
-        return [mlp[-1].weight.new_zeros(0, rows, mlp[-1].out_features) for mlp in mlps]
-    return [out.unflatten(0, (len(feats), rows)) for out in mlp_outputs(FactoredInput.cat(feats), mlps)]
-
-
 @dataclass
 class ImaginationStarts:
     """N imagination starts as ``index`` (N,) into M distinct posterior states (None: the M states themselves)."""
@@ -189,140 +173,117 @@ class ActorCritic(nn.Module):
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
             slow.lerp_(fast, fraction)
 
-    def imagine(self, rssm: RSSM, start: ImaginationStarts,
-                horizon: int) -> tuple[Tensor, Tensor | list[FactoredInput], Tensor, Tensor]:
-        """Roll the actor out in the model for ``horizon`` steps.
+    def imagine(self, world_model: Any, start: ImaginationStarts, horizon: int) -> Imagination:
+        """Roll the actor out in ``world_model`` for ``horizon`` steps from N starts and read the heads.
 
-        Returns the start features (M, F) (per distinct state), the features of steps 1..H,
-        actions (H, N, A) and the actor's outputs at steps 0..H-1 (H, N, out), which keep
-        their graph for the actor loss. Continuous actors keep the graph through the RSSM
-        (dynamics backprop) and get the features as one (H, N, F) tensor. Discrete ones
-        roll the model out without gradients (REINFORCE needs none) and get a
-        :class:`FactoredInput` per step, which the heads' first layers read as a gather
-        over the one-hot latent plus a matmul over the distinct deterministic states.
+        Continuous actors keep the graph through the (frozen) world model: dynamics
+        backpropagation. Discrete ones roll the model out without gradients (REINFORCE needs
+        none). The actor reads detached features (the reference's ``behavior_stop_grad``).
         """
-        # starts are data for the behaviour learner, never a path back into the world model
-        deter0, stoch0 = start.deter.detach(), start.stoch.detach()
-        feat0 = RSSM.feat({"deter": deter0, "stoch": stoch0})  # (M, F)
-        actor_out = [start.take(self.actor(feat0))]
+        rssm = world_model.rssm
         through_model = torch.is_grad_enabled() and not self.discrete
-        # A discrete first action takes one of A values, so the first step's deterministic state
-        # depends only on the (start state, action) pair: computed once per distinct pair.
-        first_step_per_pair = self.discrete and start.index is not None
-        with torch.set_grad_enabled(through_model):
-            deter_proj = rssm.gru.project_hidden(deter0)  # (M, 3D)
-        deter_rows = None  # (N,) into the state's distinct deterministic states, where they are shared
-        if not first_step_per_pair:
-            state = {"deter": start.take(deter0), "stoch": start.take(stoch0)}
-            deter_proj = start.take(deter_proj)  # (N, 3D)
-        feats: list = []
-        actions = []
-        for t in range(horizon):
-            dist = self._dist(actor_out[-1])
-            with torch.set_grad_enabled(through_model):
-                action = dist.rsample() if through_model else dist.sample()
-                if t == 0 and first_step_per_pair:
-                    state, feat, deter_proj, deter_rows = self._first_step_per_pair(
-                        rssm, start, deter_proj, action, project_next=horizon > 1)
-                else:
-                    state = rssm.img_step(state, action, deter_proj=deter_proj, deter_rows=deter_rows)
-                    deter_proj, deter_rows = None, None
-                    feat = (RSSM.factored_feat(state["stoch"], state["deter"]) if self.discrete
-                            else RSSM.feat(state))
-            feats.append(feat)
-            actions.append(action)
-            if t < horizon - 1:
-                # The actor reads detached features (reference ``behavior_stop_grad``, DreamerV3): its
-                # outputs at later steps never pass gradients back into earlier actions.
-                actor_in = feat if self.discrete else feat.detach()
-                actor_out.append(mlp_outputs(actor_in, [self.actor])[0])
-        return (feat0, feats if self.discrete else torch.stack(feats), torch.stack(actions),
-                torch.stack(actor_out))
-
-    @staticmethod
-    def _first_step_per_pair(rssm: RSSM, start: ImaginationStarts, deter_proj: Tensor, action: Tensor,
-                             project_next: bool) -> tuple[State, FactoredInput, Tensor | None, Tensor]:
-        """The first imagination step of one-hot ``action`` (N, A) from N starts, without gradients.
-
-        The GRU step, the prior's logits and (if ``project_next``) the next step's
-        ``project_hidden`` run once per distinct (start state, action) pair, P <= min(N, M * A)
-        rows; the latent is drawn for each start, with the same random numbers as a step over
-        all N rows. ``deter_proj`` (M, 3D) is the start states' ``project_hidden``.
-        Returns the state (``deter`` (P, D) per pair, ``stoch`` and ``logits`` per start), its
-        features, the next step's ``deter_proj`` (P, 3D) or None, and the pair of each start (N,).
-        """
-        num_actions = action.shape[-1]
-        pairs, pair_of_start = torch.unique(start.index * num_actions + action.argmax(-1), return_inverse=True)
-        state_of_pair = pairs // num_actions  # (P,)
-        pair_action = torch.zeros(len(pairs), num_actions, dtype=action.dtype, device=action.device)
-        pair_action.scatter_(1, (pairs % num_actions).unsqueeze(1), 1.0)  # (P, A) one-hot
-        pair_start = {"deter": start.deter, "stoch": start.stoch[state_of_pair]}  # deter (M, D) via state_of_pair
-        deter = rssm.deter_step(pair_start, pair_action, deter_proj, deter_rows=state_of_pair)  # (P, D)
-        stoch, logits = rssm.prior(deter, rows=pair_of_start)  # (N, S, C)
-        next_proj = rssm.gru.project_hidden(deter) if project_next else None
-        state = {"deter": deter, "stoch": stoch, "logits": logits}
-        return state, RSSM.factored_feat(stoch, deter, pair_of_start), next_proj, pair_of_start
-
-    def losses(self, world_model, start: ImaginationStarts | State, horizon: int, discount: float, lam: float,
-               entropy: float, slow_reg: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Actor and critic losses from imagined rollouts of ``horizon`` steps from ``start`` (N starts)."""
-        start = ImaginationStarts.of(start)
-        # the actor's gradient flows through the model (continuous actions) but does not update it
+        # starts are data for the behaviour learner, never a path back into the world model
+        state = {"deter": start.take(start.deter).detach(), "stoch": start.take(start.stoch).detach()}
+        feats, actions, actor_out = [RSSM.feat(state)], [], []
         with frozen(world_model):
-            feat0, feats, actions, actor_out = self.imagine(world_model.rssm, start, horizon)
-        reward_head, continue_head = world_model.reward_head, world_model.continue_head
-        critic0 = start.take(self.critic(feat0))  # (N, bins), step 0 (its input carries no gradient)
+            for _ in range(horizon):
+                # (N, out)
+                actor_out.append(self.actor(feats[-1].detach()))
+                dist = self._dist(actor_out[-1])
+                with torch.set_grad_enabled(through_model):
+                    # (N, A)
+                    action = dist.rsample() if through_model else dist.sample()
+                    state = rssm.img_step(state, action)
+                feats.append(RSSM.feat(state))
+                actions.append(action)
+            # (h + 1, N, F): states 0..h, the start's without gradient
+            feat = torch.stack(feats)
+            with frozen(self.critic):
+                # (h, N), (h + 1, N), (h + 1, N)
+                reward = world_model.two_hot.mean(world_model.reward_head(feat[1:]))
+                cont = torch.sigmoid(full_precision(world_model.continue_head(feat)).squeeze(-1))
+                value = self.two_hot.mean(self.critic(feat))
         with torch.no_grad():
-            slow0 = start.take(self.slow_critic(feat0))
-        if self.discrete:
-            # Nothing differentiates through the rollout: the heads without gradients share their first
-            # matmul per step, and the critic's gradient pass covers only the steps of its loss.
-            mid, last = feats[:-1], feats[-1]  # steps 1..H-1 and step H
-            with torch.no_grad():
-                reward_mid, cont_mid, slow_mid = _step_outputs(mid, [reward_head, continue_head, self.slow_critic],
-                                                               len(last))
-                reward_last, cont_last, critic_last = mlp_outputs(last, [reward_head, continue_head, self.critic])
-            two_hot = world_model.two_hot
-            reward = torch.cat([two_hot.mean(reward_mid), two_hot.mean(reward_last)[None]])  # (H, N), steps 1..H
-            cont_logits = torch.cat([cont_mid, cont_last[None]])
-            critic_mid = _step_outputs(mid, [self.critic], len(last))[0]
-            critic_logits = torch.cat([critic0[None], critic_mid])  # (H, N, bins), steps 0..H-1
-            value = torch.cat([self.two_hot.mean(critic_logits), self.two_hot.mean(critic_last)[None]]).detach()
-            slow_target = torch.cat([self.two_hot.mean(slow0)[None], self.two_hot.mean(slow_mid)])
-        else:  # rewards, continuation and values carry the actor's gradient through the features
-            with frozen(world_model), frozen(self.critic):
-                reward_logits, cont_logits, value_logits = mlp_outputs(feats, [reward_head, continue_head,
-                                                                               self.critic])
-            reward = world_model.two_hot.mean(reward_logits)  # (H, N), steps 1..H
-            value = torch.cat([self.two_hot.mean(critic0).detach()[None], self.two_hot.mean(value_logits)])
-            critic_logits = torch.cat([critic0[None], self.critic(feats[:-1].detach())])
-            with torch.no_grad():
-                slow_target = torch.cat([self.two_hot.mean(slow0)[None],
-                                         self.two_hot.mean(self.slow_critic(feats[:-1]))])
-        cont = torch.sigmoid(full_precision(cont_logits).squeeze(-1))  # (H, N), steps 1..H
-        returns = lambda_returns(reward, cont, value, discount, lam)  # (H, N)
-        with torch.no_grad():  # the start state's continuation enters the weights only
-            cont0 = torch.sigmoid(full_precision(start.take(continue_head(feat0))).squeeze(-1))  # (N,)
-        weight = trajectory_weight(torch.cat([cont0[None], cont[:-1]]), discount)  # (H, N)
+            # (h, N)
+            slow_value = self.two_hot.mean(self.slow_critic(feat[:-1]))
+        return Imagination(
+            reward=reward, cont=cont[1:], start_cont=cont[0].detach(),
+            value=value,
+            critic_logits=self.critic(feat[:-1].detach()), slow_value=slow_value,
+            actor_out=torch.stack(actor_out), actions=torch.stack(actions),
+        )
 
-        self.return_norm.update(returns)
-        scale = self.return_norm.scale()
-        dist = self._dist(actor_out)  # steps 0..H-1
-        log_prob = dist.log_prob(actions) if self.discrete else None
-        objective = actor_objective(returns, value[:-1], scale, log_prob)
-        actor_entropy = dist.entropy()
-        actor_loss = -(weight * (objective + entropy * actor_entropy)).mean()
+    def losses(self, world_model: Any, start: ImaginationStarts | State, horizon: int, discount: float,
+               lam: float, entropy: float, slow_reg: float = 1.0,
+               imagine: Callable[..., Imagination] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Actor and critic losses from imagined rollouts of ``horizon`` steps from ``start`` (N starts).
 
-        critic_log_probs = torch.log_softmax(full_precision(critic_logits), dim=-1)  # one pass for both targets
-        critic_nll = -self.two_hot.log_prob_normalized(critic_log_probs, returns.detach())
-        critic_nll = critic_nll - slow_reg * self.two_hot.log_prob_normalized(critic_log_probs, slow_target)
-        critic_loss = (weight * critic_nll).mean()
-        metrics = {
-            "actor_loss": actor_loss,
-            "critic_loss": critic_loss,
-            "actor_entropy": actor_entropy.mean(),
-            "imag_return": returns.mean(),
-            "imag_reward": reward.mean(),
-            "return_scale": scale,
-        }
-        return actor_loss, critic_loss, metrics
+        :param world_model: the :class:`~sb3_mamba.world_model.WorldModel` (frozen here).
+        :param start: the N start states.
+        :param horizon: h, imagined transitions per start (the reference's ``imag_horizon`` minus 1).
+        :param discount: gamma.
+        :param lam: lambda of the lambda-returns.
+        :param entropy: the actor's entropy coefficient.
+        :param slow_reg: weight of the critic's regulariser towards the slow critic (1.0).
+        :param imagine: ``(actor_critic, world_model, start, horizon) -> Imagination``, a backend's
+            fast path of :meth:`imagine` (None: :meth:`imagine` itself).
+        """
+        start = ImaginationStarts.of(start)
+        imagination = self.imagine(world_model, start, horizon) if imagine is None else imagine(
+            self, world_model, start, horizon)
+        return behavior_losses(imagination, self, discount, lam, entropy, slow_reg)
+
+
+class Imagination(NamedTuple):
+    """What the losses read from a rollout of h steps from N starts (states 0..h, 0 the start)."""
+
+    #: (h, N) predicted rewards of states 1..h
+    reward: Tensor
+    #: (h, N) continuation probabilities of states 1..h
+    cont: Tensor
+    #: (N,) the start state's continuation probability (weights only, no gradient)
+    start_cont: Tensor
+    #: (h + 1, N) critic values of states 0..h (pathwise gradient to continuous actions only)
+    value: Tensor
+    #: (h, N, bins) the critic's logits of states 0..h-1 on detached features (its own loss)
+    critic_logits: Tensor
+    #: (h, N) the slow critic's values of states 0..h-1
+    slow_value: Tensor
+    #: (h, N, out) the actor's outputs at states 0..h-1
+    actor_out: Tensor
+    #: (h, N, A) the actions taken
+    actions: Tensor
+
+
+def behavior_losses(imagination: Imagination, actor_critic: ActorCritic, discount: float, lam: float,
+                    entropy: float, slow_reg: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The actor's and the critic's losses of one :class:`Imagination` (updates the return normaliser)."""
+    im, two_hot = imagination, actor_critic.two_hot
+    # (h, N)
+    returns = lambda_returns(im.reward, im.cont, im.value, discount, lam)
+    # (h, N)
+    weight = trajectory_weight(torch.cat([im.start_cont[None], im.cont[:-1]]), discount)
+
+    actor_critic.return_norm.update(returns)
+    scale = actor_critic.return_norm.scale()
+    dist = actor_critic._dist(im.actor_out)
+    log_prob = dist.log_prob(im.actions) if actor_critic.discrete else None
+    # (h, N)
+    objective = actor_objective(returns, im.value[:-1], scale, log_prob)
+    actor_entropy = dist.entropy()
+    actor_loss = -(weight * (objective + entropy * actor_entropy)).mean()
+
+    # (h, N, bins): one log-softmax for both targets
+    critic_log_probs = torch.log_softmax(full_precision(im.critic_logits), dim=-1)
+    critic_nll = -two_hot.log_prob_normalized(critic_log_probs, returns.detach())
+    critic_nll = critic_nll - slow_reg * two_hot.log_prob_normalized(critic_log_probs, im.slow_value)
+    critic_loss = (weight * critic_nll).mean()
+    metrics = {
+        "actor_loss": actor_loss,
+        "critic_loss": critic_loss,
+        "actor_entropy": actor_entropy.mean(),
+        "imag_return": returns.mean(),
+        "imag_reward": im.reward.mean(),
+        "return_scale": scale,
+    }
+    return actor_loss, critic_loss, metrics

@@ -24,7 +24,6 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from sb3_mamba import native
 from sb3_mamba.rssm import RSSM
 
 STATE_NAMES = ("deter", "stoch", "prev_action")
@@ -46,8 +45,8 @@ class OnnxActingPolicy(nn.Module):
             obs, (deter, stoch, prev_action, episode_start) = dict(zip(self.obs_keys, inputs)), inputs[len(self.obs_keys):]
         policy = self.policy
         wm = policy.world_model
-        embed_proj = wm.rssm.project_embed(wm.encode(wm.preprocess(obs)))  # (n, hidden)
-        post = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed_proj, episode_start.bool(),
+        embed = wm.encode(wm.preprocess(obs))  # (n, E)
+        post = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed, episode_start.bool(),
                                 sample=False)
         action = policy.actor_critic.mode(RSSM.feat(post))  # (n, A)
         if policy.discrete:
@@ -87,7 +86,7 @@ def export_onnx(model: Any, path: str | pathlib.Path, opset_version: int = 18) -
     input_names = [*subspaces, *STATE_NAMES, "episode_start"]
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes = (tuple({0: batch} for _ in input_names),)  # forward(*inputs): one varargs entry
-    with torch.no_grad(), native.disabled():  # graph capture cannot trace the C kernels
+    with torch.no_grad():  # acting is the eager path: the graph capture sees plain torch ops
         program = torch.onnx.export(
             module, example, dynamo=True, input_names=input_names,
             output_names=["action", "next_deter", "next_stoch", "next_prev_action"],

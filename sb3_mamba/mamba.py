@@ -31,6 +31,7 @@ from sb3_mamba.behavior import ImaginationStarts
 from sb3_mamba.buffers import MetaEpisodeBatch, MetaEpisodeBuffer
 from sb3_mamba.checkpoints import CheckpointError
 from sb3_mamba.cpu import tune_allocator
+from sb3_mamba.kernels import select_backend
 from sb3_mamba.policies import RSSMPolicy
 from sb3_mamba.presets import resolve_preset
 from sb3_mamba.schedules import WorldModelHorizonSchedule
@@ -104,9 +105,12 @@ class MAMBA(BaseAlgorithm):
     :param policy_kwargs: further :class:`RSSMPolicy` arguments (layers, encoder sizes, unimix, eps).
     :param stats_window_size: episodes averaged by the ``rollout/`` logs (100), as in SB3.
     :param tensorboard_log, verbose, seed, device: as in SB3. On CPU, the process keeps freed memory in
-        its heap for the update's large temporaries (:mod:`sb3_mamba.cpu`; ``SB3_MAMBA_TUNE_MALLOC=0`` opts out),
-        and the RSSM unroll and imagination's GRU cell run on C kernels built on first use with the
-        system C compiler (:mod:`sb3_mamba.native`; ``SB3_MAMBA_NATIVE=0`` opts out, ATen ops then).
+        its heap for the update's large temporaries (:mod:`sb3_mamba.cpu`; ``SB3_MAMBA_TUNE_MALLOC=0`` opts out).
+    :param backend: how the update computes (:mod:`sb3_mamba.kernels`): ``"eager"`` the modules' own
+        math, ``"native"`` the fused unroll and imagination (C kernels built on first use with the
+        system C compiler on CPU; ``SB3_MAMBA_NATIVE=0`` keeps them to ATen ops), ``"compile"``
+        ``torch.compile`` of the eager steps, ``"auto"`` (default) the fastest measured. All compute
+        the same update (``tests/test_kernels.py``); logged at ``verbose >= 1``.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -153,6 +157,7 @@ class MAMBA(BaseAlgorithm):
         dyn_discrete: int | None = None,
         dyn_hidden: int | None = None,
         precision: str = "float32",
+        backend: str = "auto",
         policy_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -206,6 +211,7 @@ class MAMBA(BaseAlgorithm):
         self.model_grad_clip = model_grad_clip
         self.actor_critic_grad_clip = actor_critic_grad_clip
         self.precision = precision
+        self.backend = backend
         self.network_sizes = {k: settings[k] for k in ("units", "dyn_deter", "dyn_stoch", "dyn_discrete", "dyn_hidden")}
         self._n_updates = 0
         self._train_credit = 0.0
@@ -319,6 +325,11 @@ class MAMBA(BaseAlgorithm):
             **self.policy_kwargs,
         }
         self.policy = self.policy_class(self.observation_space, self.action_space, **policy_kwargs).to(self.device)
+        self.kernels = select_backend(self.backend, self.device)
+        if self.kernels.prepare is not None:
+            self.kernels.prepare(self.policy)
+        if self.verbose >= 1:
+            print(f"MAMBA backend: {self.kernels.name} ({self.kernels.detail})")
         if self.device.type == "cpu":
             tune_allocator()  # keep the update's large temporaries in the heap (see sb3_mamba.cpu)
         self.replay_buffer = MetaEpisodeBuffer(
@@ -517,6 +528,7 @@ class MAMBA(BaseAlgorithm):
                 wm_loss, wm_metrics, post = wm.loss(
                     obs, tensors["action"], tensors["reward"], tensors["terminated"], tensors["is_first"],
                     tensors["mask"], self.wm_indices, self.free_bits, self.dyn_scale, self.rep_scale,
+                    observe=self.kernels.observe,
                 )
             _check_finite(wm_metrics, "world model")
             self.policy.model_optimizer.zero_grad(set_to_none=True)
@@ -529,7 +541,7 @@ class MAMBA(BaseAlgorithm):
             with self._autocast():
                 actor_loss, critic_loss, ac_metrics = ac.losses(
                     wm, start, self.imag_horizon, self.discount, self.return_lambda, self.ent_coef,
-                    self.slow_critic_reg,
+                    self.slow_critic_reg, imagine=self.kernels.imagine,
                 )
             _check_finite(ac_metrics, "actor-critic")
             self.policy.actor_optimizer.zero_grad(set_to_none=True)
@@ -576,7 +588,7 @@ class MAMBA(BaseAlgorithm):
     # -- save / load -----------------------------------------------------------------
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "replay_buffer", "_rollout_state", "wm_horizon_schedule",
-                "update_timings", "_run_state_left_out"]
+                "update_timings", "_run_state_left_out", "kernels"]
 
     def save(
         self,

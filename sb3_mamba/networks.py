@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sb3_mamba import native
 from sb3_mamba.distributions import full_precision
 
 
@@ -72,19 +67,6 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(full_precision(x))
 
 
-class PaddedLinear(nn.Linear):
-    """``nn.Linear`` whose matmul runs on ``out_features`` rounded up to a multiple of 8 (same parameters).
-
-    Two-hot heads have 255 outputs; on 8192 rows the CPU GEMM takes 6.1 ms for 255 columns
-    and 3.4 ms for 256 (float32, padding included), and its backward gains too.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        pad = -self.out_features % 8
-        weight, bias = F.pad(self.weight, (0, 0, 0, pad)), F.pad(self.bias, (0, pad))
-        return F.linear(x, weight, bias)[..., : self.out_features]
-
-
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_out: bool = False,
         out_scale: float = 1.0) -> nn.Sequential:
     """``layers`` x (Linear, LayerNorm, SiLU), then an optional Linear head to ``out_dim``.
@@ -100,115 +82,38 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_
         blocks += [nn.Linear(dim, hidden, bias=False), LayerNorm(hidden, eps=1e-3), nn.SiLU()]
         dim = hidden
     if out_dim is not None:
-        # only wide heads gain from padding (it costs time on 1..17 outputs)
-        head = (PaddedLinear if out_dim >= 64 and out_dim % 8 else nn.Linear)(dim, out_dim)
-        blocks.append(head)
+        blocks.append(nn.Linear(dim, out_dim))
     net = dreamer_init_(nn.Sequential(*blocks))
     if out_dim is not None:
         fan_avg_uniform_(net[-1].weight, 0.0 if zero_out else out_scale)
     return net
 
 
-@dataclass
-class FactoredInput:
-    """A layer input ``[one_hot, dense[rows]]`` of N rows, kept apart (imagined RSSM features).
 
-    ``hot`` (N, G) holds the column of each of G one-hot groups in the flat ``width``-column
-    one-hot vector; ``dense`` (P, D) holds P distinct rows that ``rows`` (N,) indexes (None:
-    P = N). :meth:`linear` equals ``F.linear(self.materialize(), weight)``, but the one-hot part
-    is a sum of G weight columns (a gather: 5 ms instead of a 21 ms matmul for 8192 x 256
-    one-hots and 640 outputs) and the dense part a matmul over the P distinct rows only.
+#: added to the GRU's update-gate pre-activation: biased towards keeping the state (DreamerV3)
+UPDATE_OFFSET = -1.0
+
+
+def gru_update(gates: Tensor, h: Tensor) -> Tensor:
+    """DreamerV3's GRU update from normalised gate pre-activations.
+
+    :param gates: (B, 3D) the gate layer's output after its LayerNorm, as [reset, candidate, update].
+    :param h: (B, D) the previous state.
+    :return: (B, D) the next state.
     """
-
-    hot: Tensor  # (N, G) int64
-    dense: Tensor  # (P, D)
-    width: int  # one-hot columns (G * classes)
-    rows: Tensor | None = None  # (N,) into dense
-
-    def __len__(self) -> int:
-        return self.hot.shape[0]
-
-    def linear(self, weight: Tensor) -> Tensor:
-        """(out, width + D) weight -> (N, out), no bias."""
-        dense_part = F.linear(self.dense, weight[:, self.width:])  # (P, out)
-        if self.rows is not None:
-            dense_part = dense_part[self.rows]
-        hot_weight = weight[:, : self.width]
-        if torch.is_grad_enabled() and hot_weight.requires_grad:
-            # embedding_bag's weight gradient (a sorted scatter) is slower than the matmul's: 6.3 vs ~2 ms
-            return dense_part + F.linear(self._one_hot(), hot_weight)
-        # (a transposed view as the table makes embedding_bag ~20x slower: copy the 256-row slice)
-        return dense_part + F.embedding_bag(self.hot, hot_weight.t().contiguous(), mode="sum")
-
-    def _one_hot(self) -> Tensor:
-        return self.dense.new_zeros(len(self), self.width).scatter_(1, self.hot, 1.0)
-
-    def materialize(self) -> Tensor:
-        """(N, width + D) dense input."""
-        return torch.cat([self._one_hot(), self.dense if self.rows is None else self.dense[self.rows]], dim=-1)
-
-    @classmethod
-    def cat(cls, inputs: Sequence["FactoredInput"]) -> "FactoredInput":
-        """The rows of several inputs, in order."""
-        if len(inputs) == 1:
-            return inputs[0]
-        rows, offset = [], 0
-        for x in inputs:
-            rows.append(offset + (torch.arange(len(x), device=x.hot.device) if x.rows is None else x.rows))
-            offset += x.dense.shape[0]
-        return cls(torch.cat([x.hot for x in inputs]), torch.cat([x.dense for x in inputs]), inputs[0].width,
-                   torch.cat(rows))
-
-
-def mlp_outputs(x: Tensor | FactoredInput, mlps: Sequence[nn.Sequential]) -> list[Tensor]:
-    """Several :func:`mlp` networks on the same input ``x``, their first layers as one matmul.
-
-    Imagination evaluates up to three heads on the same 8192 x 768 features; one
-    GEMM of width 3 x 128 runs ~30% faster than three of width 128. A
-    :class:`FactoredInput` is read by :meth:`FactoredInput.linear`.
-    """
-    firsts = [m[0] for m in mlps]
-    if any(not isinstance(f, nn.Linear) or f.bias is not None for f in firsts):
-        x = x.materialize() if isinstance(x, FactoredInput) else x
-        return [m(x) for m in mlps]
-    if isinstance(x, FactoredInput):
-        hidden = x.linear(torch.cat([f.weight for f in firsts]) if len(mlps) > 1 else firsts[0].weight)
-    elif len(mlps) == 1:
-        return [mlps[0](x)]
-    else:
-        hidden = F.linear(x, torch.cat([f.weight for f in firsts]))
-    return [m[1:](h) for m, h in zip(mlps, hidden.split([f.out_features for f in firsts], dim=-1))]
-
-
-class _FrozenGRUGates(torch.autograd.Function):
-    """:class:`LayerNormGRUCell` after its gate layer in C, with gradients to the gates and the state
-    (not to the norm's parameters: use only where they are frozen)."""
-
-    @staticmethod
-    def forward(ctx: Any, gates: Tensor, h: Tensor, norm_weight: Tensor, folded_bias: Tensor,
-                eps: float) -> Tensor:
-        ctx.save_for_backward(gates, h, norm_weight, folded_bias)
-        ctx.eps = eps
-        return native.gru_cell(gates, h, norm_weight, folded_bias, eps)
-
-    @staticmethod
-    def backward(ctx: Any, d_h_next: Tensor) -> tuple[Tensor | None, ...]:
-        gates, h, norm_weight, folded_bias = ctx.saved_tensors
-        d_gates, d_h = native.gru_cell_backward(gates, h, norm_weight, folded_bias, ctx.eps, d_h_next)
-        return d_gates, d_h, None, None, None
+    reset, candidate, update = gates.chunk(3, dim=-1)  # (B, D) each
+    reset = torch.sigmoid(reset)
+    candidate = torch.tanh(reset * candidate)
+    update = torch.sigmoid(update + UPDATE_OFFSET)
+    return update * candidate + (1 - update) * h
 
 
 class LayerNormGRUCell(nn.Module):
-    """DreamerV3's GRU cell: one fused Linear + LayerNorm for the three gates, update bias -1."""
+    """DreamerV3's GRU cell: one Linear on ``[x, h]`` for the three gates, a LayerNorm, :func:`gru_update`.
 
-    #: added to the update gate's pre-activation: biased towards keeping the state
-    UPDATE_OFFSET = -1.0
-
-    @classmethod
-    def fold_update_offset(cls, norm_bias: Tensor) -> Tensor:
-        """The norm's (3D,) bias with :attr:`UPDATE_OFFSET` added to the update gate's third (a new tensor)."""
-        D = norm_bias.shape[0] // 3
-        return torch.cat([norm_bias[: 2 * D], norm_bias[2 * D:] + cls.UPDATE_OFFSET]).detach()
+    :param input_dim: size of ``x``.
+    :param hidden_dim: D, size of the state ``h``.
+    """
 
     def __init__(self, input_dim: int, hidden_dim: int):
         super().__init__()
@@ -217,54 +122,8 @@ class LayerNormGRUCell(nn.Module):
         self.norm = LayerNorm(3 * hidden_dim, eps=1e-3)
         dreamer_init_(self)
 
-    def project_hidden(self, h: Tensor) -> Tensor:
-        """(B, hidden_dim) -> (B, 3 * hidden_dim): the state's half of the gate layer.
-
-        Imagination starts repeat the same posterior states many times; this half
-        is then computed once per distinct state and indexed (see ActorCritic.imagine).
-        """
-        return nn.functional.linear(h, self.linear.weight[:, -self.hidden_dim:])
-
-    def _differentiable(self, *inputs: Tensor) -> bool:
-        """Whether autograd needs this step's graph (the C kernel has no backward)."""
-        return torch.is_grad_enabled() and (any(x.requires_grad for x in inputs)
-                                            or any(p.requires_grad for p in self.parameters()))
-
-    def forward(self, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None,
-                rows: Tensor | None = None) -> Tensor:
-        # x: (B, input_dim), h: (B, hidden_dim) -> (B, hidden_dim); hidden_proj = project_hidden(h) if known.
-        # rows (B,): h and hidden_proj hold distinct states that rows indexes (imagination's shared states)
-        input_weight = self.linear.weight[:, : -self.hidden_dim]
-        if rows is not None and hidden_proj is not None and x.dim() == 2 and not self._differentiable(x, h):
-            # the C kernel adds the state's half row by row: no (B, 3D) gather and no addmm copy of it
-            input_gates = F.linear(x, input_weight)
-            h_next = native.gru_cell(input_gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
-                                     self.norm.eps, state_pre=hidden_proj.to(input_gates.dtype), rows=rows)
-            if h_next is not None:
-                return h_next
-            gates, h = input_gates + hidden_proj[rows], h[rows]  # (no kernel: GPU, no compiler)
-        else:
-            if rows is not None:
-                h, hidden_proj = h[rows], None if hidden_proj is None else hidden_proj[rows]
-            if hidden_proj is None:
-                gates = self.linear(torch.cat([x, h], dim=-1))
-            elif x.dim() == 2:  # one pass: hidden_proj + x @ W_x.T
-                gates = torch.addmm(hidden_proj, x, input_weight.t())
-            else:
-                gates = F.linear(x, input_weight) + hidden_proj
-        if not self._differentiable(gates, h):
-            h_next = native.gru_cell(gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
-                                     self.norm.eps)
-            if h_next is not None:  # the C kernel (CPU, no gradients): one pass instead of ~8 ops
-                return h_next
-        elif not (self.norm.weight.requires_grad or self.norm.bias.requires_grad) and native.gru_cell_applies(
-                gates, h):
-            # a frozen cell that passes gradients (imagination of a continuous actor through the world
-            # model): the C kernel forward and backward, the gates recomputed instead of saved
-            return _FrozenGRUGates.apply(gates, h, self.norm.weight, self.fold_update_offset(self.norm.bias),
-                                         self.norm.eps)
-        reset, candidate, update = self.norm(gates).split(self.hidden_dim, dim=-1)
-        reset = torch.sigmoid(reset)
-        candidate = torch.tanh(reset * candidate)
-        update = torch.sigmoid(update + self.UPDATE_OFFSET)
-        return torch.lerp(h, candidate, update)  # = update * candidate + (1 - update) * h, one kernel
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        # (B, 3D)
+        gates = self.norm(self.linear(torch.cat([x, h], dim=-1)))
+        # (B, D)
+        return gru_update(gates, h)

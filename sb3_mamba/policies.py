@@ -131,9 +131,9 @@ class RSSMPolicy(BasePolicy):
             episode_start = torch.ones_like(episode_start)
         deter, stoch, prev_action = state
         wm = self.world_model
-        embed_proj = wm.rssm.project_embed(wm.encode(wm.preprocess(obs)))
+        embed = wm.encode(wm.preprocess(obs))  # (n, E)
         first = episode_start if bool(episode_start.any()) else None
-        post = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed_proj, first, sample)
+        post = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed, first, sample)
         return post["deter"], post["stoch"], prev_action
 
     #: True: deterministic acting takes the posterior latent's mode too (the ONNX export's semantics,

@@ -21,7 +21,7 @@ the pairing of features with windows follows the reference exactly (see there).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -230,16 +230,22 @@ class WorldModel(nn.Module):
     # -- loss ------------------------------------------------------------------
     def loss(self, obs: dict[str, Tensor], action: Tensor, reward: Tensor, terminated: Tensor, is_first: Tensor,
              mask: Tensor, num_indices: int | None, free_bits: float = 1.0, dyn_scale: float = 0.5,
-             rep_scale: float = 0.1) -> tuple[Tensor, dict[str, Tensor], State]:
+             rep_scale: float = 0.1, observe: Callable[..., tuple[State, State]] | None = None,
+             ) -> tuple[Tensor, dict[str, Tensor], State]:
         """World-model loss on a batch of sequences.
 
         obs: preprocessed (B, T, ...); action (B, T, A); reward, terminated, is_first, mask (B, T).
         ``num_indices`` = L_wm prediction indices per sequence (uniform over the valid
         steps, with replacement); None takes every valid step (Dreamer's window loss).
+        ``observe``: ``(rssm, embed, action, is_first) -> (post, prior)``, a backend's fast path of
+        :meth:`RSSM.observe` (None: :meth:`RSSM.observe` itself).
         Returns (total loss, metrics, posterior states (B, T, ...)).
         """
         embed = self.encode(obs)  # (B, T, E)
-        post, prior = self.rssm.observe(embed, action, is_first)
+        if observe is None:
+            post, prior = self.rssm.observe(embed, action, is_first)
+        else:
+            post, prior = observe(self.rssm, embed, action, is_first)
         maskf = mask.float()
         valid = maskf.sum().clamp_min(1.0)
 

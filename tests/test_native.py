@@ -1,18 +1,22 @@
-"""The C kernels: building (cached, atomic, opt-out, a clear fallback without a compiler) and the
-no-gradient GRU cell of imagination against its ATen ops (the scan's: test_rssm_scan.py)."""
+"""The C kernels: building (cached, atomic, opt-out, a clear fallback without a compiler) and the GRU
+cell's kernels against the eager cell (the posterior scan's: test_kernels.py).
+
+The loader tests replace the loader's own environment hooks (compiler, source, self-check) to
+simulate machines without a compiler or with a broken one."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
-from unittest import mock
 
 import pytest
 import torch
 
-import sb3_mamba.native as native
-from sb3_mamba.networks import LayerNormGRUCell
+import sb3_mamba.kernels.native as native
+from sb3_mamba.kernels.gru import folded_norm_bias, gru_step, project_hidden
+from sb3_mamba.networks import LayerNormGRUCell, gru_update
 
 
 @pytest.fixture
@@ -59,59 +63,61 @@ def test_failed_build_warns_and_leaves_nothing(fresh, monkeypatch, tmp_path_fact
 needs_kernels = pytest.mark.skipif(native.posterior_scan_library() is None, reason="the C kernels did not build")
 
 
-@needs_kernels
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_gru_cell_kernel_matches_the_module(dtype, threads):
-    """Imagination's no-gradient GRU cell in C equals LayerNormGRUCell's ATen ops (rows split over threads)."""
+def make_cell() -> LayerNormGRUCell:
     torch.manual_seed(0)
     cell = LayerNormGRUCell(8, 32)
-    with torch.no_grad():
+    with torch.no_grad():  # off the initialisation (unit norm, zero bias) so every term matters
         cell.norm.weight.uniform_(0.5, 1.5)
         cell.norm.bias.uniform_(-0.5, 0.5)
+    return cell
+
+
+@contextlib.contextmanager
+def threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_gru_cell_kernel_matches_the_eager_cell(dtype, thread_count):
+    """The C GRU cell after its gate layer equals the eager cell (rows split over threads)."""
+    cell = make_cell()
     x = torch.randn(1001, 8)  # rows not a multiple of the thread count
     h = torch.randn(1001, 64)[:, 16:48].tanh()  # a strided state
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
-            native_out = cell(x, h)
-            with mock.patch.object(native, "gru_cell", lambda *args: None):
-                aten_out = cell(x, h)
-    finally:
-        torch.set_num_threads(previous)
-    assert native_out.dtype == aten_out.dtype == torch.float32
-    torch.testing.assert_close(native_out, aten_out, rtol=1e-5, atol=2e-6)
+    with torch.no_grad(), threads(thread_count):
+        gates = cell.linear(torch.cat([x, h], dim=-1)).to(dtype)
+        kernel_out = native.gru_cell(gates, h, cell.norm.weight, folded_norm_bias(cell.norm.bias), cell.norm.eps)
+        eager_out = gru_update(cell.norm(gates.float()), h)
+    assert kernel_out is not None and kernel_out.dtype == torch.float32
+    torch.testing.assert_close(kernel_out, eager_out, rtol=1e-5, atol=2e-6)
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_gru_cell_kernel_with_shared_states_matches_the_gathered_module(dtype, threads):
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_gru_cell_kernel_with_shared_states_matches_the_eager_cell_on_gathered_rows(dtype, thread_count):
     """Imagination's shared states: the kernel adds the state's gate half and reads the state through
-    ``rows`` instead of gathering them to every row first; the result is the module's on gathered rows."""
-    torch.manual_seed(0)
-    cell = LayerNormGRUCell(8, 32)
-    with torch.no_grad():
-        cell.norm.weight.uniform_(0.5, 1.5)
-        cell.norm.bias.uniform_(-0.5, 0.5)
+    ``rows`` instead of gathering them to every row first; the result is the eager cell's on gathered rows."""
+    cell = make_cell()
     x, h = torch.randn(1001, 8), torch.randn(37, 32).tanh()  # 1001 rows share 37 states
     rows = torch.randint(37, (1001,))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
-            proj = cell.project_hidden(h)
-            with mock.patch.object(native, "gru_cell", wraps=native.gru_cell) as kernel:
-                shared_out = cell(x, h, proj, rows)
-            assert kernel.call_args.kwargs["rows"] is rows  # the shared-state kernel ran
-            with mock.patch.object(native, "gru_cell", lambda *args, **kwargs: None):
-                gathered_out = cell(x, h[rows], proj[rows])  # ATen ops on gathered rows
-    finally:
-        torch.set_num_threads(previous)
-    # bfloat16: the kernel adds the two gate halves after rounding each (ATen's addmm rounds their sum)
-    tolerance = dict(rtol=1e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=0, atol=1e-2)  # (seen: 3e-3)
-    torch.testing.assert_close(shared_out, gathered_out, **tolerance)
+    with torch.no_grad(), threads(thread_count), torch.autocast("cpu", torch.bfloat16,
+                                                                 enabled=dtype == torch.bfloat16):
+        proj = project_hidden(cell, h)
+        input_gates = torch.nn.functional.linear(x, cell.linear.weight[:, :8])
+        shared_out = native.gru_cell(input_gates, h, cell.norm.weight, folded_norm_bias(cell.norm.bias),
+                                     cell.norm.eps, state_pre=proj.to(input_gates.dtype), rows=rows)
+        eager_out = cell(x, h[rows])
+    # bfloat16: the kernel adds the two gate halves after rounding each (ATen's matmul rounds their sum)
+    tolerance = dict(rtol=1e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=0, atol=1e-2)
+    assert shared_out is not None
+    torch.testing.assert_close(shared_out, eager_out, **tolerance)
     with pytest.raises(IndexError, match="rows must index"):
         native.gru_cell(torch.zeros(3, 96), h, cell.norm.weight, cell.norm.bias, 1e-3, proj.float(),
                         torch.tensor([0, 37, 1]))
@@ -119,74 +125,45 @@ def test_gru_cell_kernel_with_shared_states_matches_the_gathered_module(dtype, t
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_frozen_gru_cell_kernel_gradients_match_autograd(dtype, threads):
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_gru_cell_kernel_backward_matches_autograd(dtype, thread_count):
     """A frozen cell that passes gradients (a continuous actor's imagination through the world model):
-    the C forward and backward give the values and the gradients of the ATen ops and autograd."""
-    torch.manual_seed(0)
-    cell = LayerNormGRUCell(8, 32)
-    with torch.no_grad():
-        cell.norm.weight.uniform_(0.5, 1.5)
-        cell.norm.bias.uniform_(-0.5, 0.5)
+    the C forward and backward give the values and gradients of the eager cell under autograd."""
+    cell = make_cell()
     cell.norm.requires_grad_(False)  # the world model is frozen in imagination; its gate layer may train
     x = torch.randn(1001, 8, requires_grad=True)
     h = torch.randn(1001, 64, requires_grad=True)
     upstream = torch.randn(1001, 32)
 
-    def run():
+    def run(use_c: bool):
         with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
-            out = cell(x, h[:, 16:48].tanh())  # a strided state with a gradient
+            state = h[:, 16:48].tanh()  # a strided state with a gradient
+            out = gru_step(cell, x, state, use_c=use_c) if use_c else cell(x, state)
         return (out, *torch.autograd.grad(out, [x, h, cell.linear.weight], upstream))
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with mock.patch.object(native, "gru_cell_backward", wraps=native.gru_cell_backward) as backward:
-            native_results = run()
-        assert backward.called  # the C backward ran
-        with mock.patch.object(native, "gru_cell_applies", lambda *args: False):
-            aten_results = run()
-    finally:
-        torch.set_num_threads(previous)
-    assert native_results[0].requires_grad
+    with threads(thread_count):
+        kernel_results, eager_results = run(True), run(False)
+    assert kernel_results[0].requires_grad
     # bfloat16: one rounding step of the output (eps 2^-7) may fall either way (seen on an AMD EPYC: 2 of
     # 3840 elements one ulp apart), so the tolerance is torch's own for bfloat16
     tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-3)
-    for a, b in zip(native_results, aten_results, strict=True):  # output, d_x, d_h, d_weight
+    for a, b in zip(kernel_results, eager_results, strict=True):  # output, d_x, d_h, d_weight
         torch.testing.assert_close(a, b, **tolerance)
 
 
+@pytest.mark.parametrize("use_c", [False, pytest.param(True, marks=needs_kernels)])
 @pytest.mark.parametrize("grad", [False, True])
-def test_gru_cell_with_shared_states_on_aten(grad):
-    """Without the kernels (GPU, no compiler), or with gradients, shared states are gathered: same result."""
-    torch.manual_seed(0)
-    cell = LayerNormGRUCell(8, 32)
+def test_gru_step_equals_the_eager_cell(grad, use_c):
+    """Every shortcut of gru_step (state projection, shared rows, C or ATen) gives the eager cell's result."""
+    cell = make_cell()
     x, h, rows = torch.randn(300, 8), torch.randn(11, 32).tanh(), torch.randint(11, (300,))
-    with torch.set_grad_enabled(grad), mock.patch.object(native, "posterior_scan_library", lambda: None):
-        proj = cell.project_hidden(h)
-        shared_out, gathered_out = cell(x, h, proj, rows), cell(x, h[rows], proj[rows])
-        assert shared_out.requires_grad == grad
-        torch.testing.assert_close(shared_out, gathered_out)
-        torch.testing.assert_close(cell(x, h, None, rows), gathered_out)  # no projection given
-
-
-@needs_kernels
-def test_gru_cell_kernel_only_without_gradients():
-    cell = LayerNormGRUCell(8, 32)
-    x, h = torch.randn(300, 8), torch.randn(300, 32)
-    with mock.patch.object(native, "gru_cell", wraps=native.gru_cell) as kernel:
-        out = cell(x, h)  # parameters need gradients: autograd path
-        assert out.requires_grad and not kernel.called
-        with torch.no_grad():
-            cell(x, h)
-        assert kernel.called
-        kernel.reset_mock()
-        cell.linear.weight.requires_grad_(False)  # only the norm trains: still the autograd path
-        out = cell(x, h)
-        assert out.requires_grad and not kernel.called
-        out.sum().backward()
-        assert cell.norm.weight.grad is not None
-
+    with torch.set_grad_enabled(grad):
+        proj = project_hidden(cell, h)
+        eager_out = cell(x, h[rows])
+        for out in (gru_step(cell, x, h, proj, rows, use_c), gru_step(cell, x, h, None, rows, use_c),
+                    gru_step(cell, x, h[rows], proj[rows], None, use_c), gru_step(cell, x, h[rows], use_c=use_c)):
+            assert out.requires_grad == grad
+            torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=2e-6)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -213,8 +190,9 @@ def _split_rows() -> list[tuple[int, int]]:
 def test_gru_cell_off_the_cpu_never_builds_the_kernels():
     """A GPU run must not try to compile (or warn about) CPU kernels it cannot use."""
     pre, h = torch.empty(4, 96, device="meta"), torch.empty(4, 32, device="meta")
-    with mock.patch.object(native, "posterior_scan_library", side_effect=AssertionError("built")):
-        assert native.gru_cell(pre, h, torch.ones(96), torch.zeros(96), 1e-3) is None
+    native._library.cache_clear()
+    assert native.gru_cell(pre, h, torch.ones(96), torch.zeros(96), 1e-3) is None
+    assert native._library.cache_info().currsize == 0  # never loaded, so never built
 
 
 def test_the_self_check_catches_a_wrong_kernel():

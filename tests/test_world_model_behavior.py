@@ -149,7 +149,8 @@ def test_kl_free_bits_clip_each_step_from_below():
 
 
 def test_mlp_outputs_equal_each_network_on_its_own():
-    from sb3_mamba.networks import mlp, mlp_outputs
+    from sb3_mamba.kernels.imagination import mlp_outputs
+    from sb3_mamba.networks import mlp
 
     torch.manual_seed(0)
     nets = [mlp(12, 8, 2, out_dim=5), mlp(12, 8, 1, out_dim=1), mlp(12, 6, 2, out_dim=3), torch.nn.Sequential(
@@ -159,92 +160,3 @@ def test_mlp_outputs_equal_each_network_on_its_own():
         torch.testing.assert_close(merged, alone)
     for merged, alone in zip(mlp_outputs(x, nets[:3]), [net(x) for net in nets[:3]], strict=True):
         torch.testing.assert_close(merged, alone)
-
-
-@pytest.mark.parametrize("horizon", [1, 3])
-def test_discrete_first_imagination_step_once_per_state_action_pair(horizon):
-    """Imagination from indexed starts (a discrete actor) equals the rollout from the gathered starts.
-
-    Its first GRU step runs once per distinct (start state, action) pair; the latents are drawn per
-    start with the same random numbers, so samples, features and actor outputs all match.
-    """
-    wm = WorldModel(spaces.Box(-1, 1, (5,), np.float32), action_dim=3, **SMALL).double()
-    ac = ActorCritic(wm.rssm.feat_dim, spaces.Discrete(3), units=16, layers=1).double()
-    torch.manual_seed(0)
-    states, num_starts = 7, 300  # at most 7 x 3 = 21 pairs among 300 starts
-    deter = torch.randn(states, SMALL["deter"], dtype=torch.float64)
-    stoch = torch.nn.functional.one_hot(torch.randint(4, (states, 3)), 4).double()
-    index = torch.randint(states, (num_starts,))
-    gru_rows = []
-    deter_step = wm.rssm.deter_step
-    with pytest.MonkeyPatch.context() as patch:
-        def counting_deter_step(*args, **kwargs):
-            deter_next = deter_step(*args, **kwargs)
-            gru_rows.append(len(deter_next))
-            return deter_next
-
-        patch.setattr(wm.rssm, "deter_step", counting_deter_step)
-        torch.manual_seed(1)
-        shared = ac.imagine(wm.rssm, ImaginationStarts(deter, stoch, index), horizon)
-        torch.manual_seed(1)
-        gathered = ac.imagine(wm.rssm, ImaginationStarts(deter[index], stoch[index]), horizon)
-    pairs = len(torch.unique(index * 3 + shared[2][0].argmax(-1)))
-    assert gru_rows == [pairs] + [num_starts] * (horizon - 1) + [num_starts] * horizon
-    assert 7 < pairs <= 21  # several actions per state, far fewer rows than starts
-    torch.testing.assert_close(shared[0], wm.rssm.feat({"deter": deter, "stoch": stoch}))  # per distinct state
-    assert shared[1][0].rows is not None and len(shared[1][0].dense) == pairs  # step 1's deter once per pair
-    for a, b in zip(shared[1], gathered[1], strict=True):  # features of each step, as the heads read them
-        torch.testing.assert_close(a.materialize(), b.materialize())
-        assert a.materialize().shape == (num_starts, wm.rssm.feat_dim)
-    for a, b in zip(shared[2:], gathered[2:], strict=True):  # actions, actor outputs
-        torch.testing.assert_close(a, b)
-
-
-def test_padded_linear_equals_linear_with_the_same_parameters():
-    from sb3_mamba.networks import PaddedLinear, mlp
-
-    torch.manual_seed(0)
-    padded, plain = PaddedLinear(12, 255), torch.nn.Linear(12, 255)
-    plain.load_state_dict(padded.state_dict())  # same parameters, same state-dict keys
-    x = torch.randn(3, 7, 12, requires_grad=True)
-    out_padded, out_plain = padded(x), plain(x)
-    assert out_padded.shape == (3, 7, 255)
-    torch.testing.assert_close(out_padded, out_plain)
-    grad = torch.randn_like(out_plain)
-    grads_padded = torch.autograd.grad(out_padded, [x, padded.weight, padded.bias], grad)
-    grads_plain = torch.autograd.grad(out_plain, [x, plain.weight, plain.bias], grad)
-    for a, b in zip(grads_padded, grads_plain, strict=True):
-        torch.testing.assert_close(a, b)
-    assert isinstance(mlp(8, 16, 1, out_dim=255)[-1], PaddedLinear)  # two-hot heads
-    assert type(mlp(8, 16, 1, out_dim=5)[-1]) is torch.nn.Linear  # narrow heads: padding would cost time
-
-
-@pytest.mark.parametrize("with_rows", [False, True])
-def test_factored_input_linear_equals_the_dense_matmul(with_rows):
-    from sb3_mamba.networks import FactoredInput, mlp, mlp_outputs
-    from sb3_mamba.rssm import RSSM
-
-    torch.manual_seed(0)
-    stoch = torch.nn.functional.one_hot(torch.randint(4, (50, 3)), 4).float()  # N = 50 rows, 3 latents x 4
-    deter = torch.randn(7 if with_rows else 50, 6)
-    rows = torch.randint(7, (50,)) if with_rows else None
-    x = RSSM.factored_feat(stoch, deter, rows)
-    dense = RSSM.feat({"stoch": stoch, "deter": deter if rows is None else deter[rows]})
-    torch.testing.assert_close(x.materialize(), dense)
-    weight = torch.randn(9, 18, requires_grad=True)
-    for grad in (False, True):  # the gather (no gradient) and the one-hot matmul (weight gradient)
-        with torch.set_grad_enabled(grad):
-            torch.testing.assert_close(x.linear(weight), torch.nn.functional.linear(dense, weight))
-    upstream = torch.randn(50, 9)
-    torch.testing.assert_close(torch.autograd.grad(x.linear(weight), weight, upstream)[0],
-                               torch.autograd.grad(torch.nn.functional.linear(dense, weight), weight, upstream)[0])
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(x.linear(weight).float(), torch.nn.functional.linear(dense, weight).float(),
-                                   rtol=2e-2, atol=5e-2)
-    # several steps' inputs concatenated, and heads on them: the same as on the dense features
-    both = FactoredInput.cat([x, RSSM.factored_feat(stoch[:20], torch.randn(20, 6))])
-    assert len(both) == 70
-    torch.testing.assert_close(both.materialize()[:50], dense)
-    heads = [mlp(18, 8, 2, out_dim=255), mlp(18, 8, 1, out_dim=1)]
-    for factored, plain in zip(mlp_outputs(both, heads), mlp_outputs(both.materialize(), heads), strict=True):
-        torch.testing.assert_close(factored, plain)

@@ -154,17 +154,18 @@ def _library() -> ctypes.CDLL | None:
 def _agrees_with_aten(library: ctypes.CDLL) -> bool:
     """A miscompiled kernel must not train silently wrong: the GRU cell (LayerNorm, exp-based gates and
     update, which the scan's kernels share) on fixed inputs (no RNG draw) against torch's ops."""
+    from sb3_mamba.networks import UPDATE_OFFSET, gru_update  # (the eager cell: the definition checked against)
+
     D = 24
     pre = torch.linspace(-3.0, 3.0, 5 * 3 * D).reshape(5, 3 * D).sin() * 4
     h = torch.linspace(-1.0, 1.0, 5 * D).reshape(5, D)
     weight, bias = torch.linspace(0.5, 1.5, 3 * D), torch.linspace(-0.5, 0.5, 3 * D)
     folded = bias.clone()
-    folded[2 * D:] -= 1.0
+    folded[2 * D:] += UPDATE_OFFSET
     out = torch.empty(5, D)
     library.gru_cell_forward(0, 5, D, pre.data_ptr(), 0, None, None, weight.data_ptr(), folded.data_ptr(), 1e-3,
                              h.data_ptr(), D, out.data_ptr())
-    reset, candidate, update = torch.nn.functional.layer_norm(pre, (3 * D,), weight, bias, 1e-3).split(D, dim=-1)
-    expected = torch.lerp(h, torch.tanh(torch.sigmoid(reset) * candidate), torch.sigmoid(update - 1.0))
+    expected = gru_update(torch.nn.functional.layer_norm(pre, (3 * D,), weight, bias, 1e-3), h)
     return bool(torch.allclose(out, expected, rtol=1e-5, atol=1e-5))
 
 
@@ -183,7 +184,7 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
     ``pre`` (N, 3D) the gate layer's output (float32 or bfloat16), ``h_prev`` (N, D)
     float32 -> (N, D): LayerNorm, gates, update as :class:`sb3_mamba.networks.LayerNormGRUCell`
     (``norm_bias`` with the update gate's offset folded in:
-    ``LayerNormGRUCell.fold_update_offset``). With ``rows`` (N,), ``h_prev`` (P, D) holds
+    :func:`sb3_mamba.kernels.gru.folded_norm_bias`). With ``rows`` (N,), ``h_prev`` (P, D) holds
     distinct states that ``rows`` indexes, and ``pre`` is only the input's half of the gate
     layer: the state's half ``state_pre`` (P, 3D, ``pre``'s dtype) is added row by row, so
     neither is gathered to N rows first. One pass over the rows instead of ~8 full-size

@@ -17,12 +17,12 @@ alone). This module runs the same computation as
 * every weight gradient after the loop, as one matmul over all ``T x B`` rows.
 
 On CPU each step's work besides the GRU matmul runs in one call of the C
-kernels of :mod:`sb3_mamba.native` (:class:`NativeScan`: ~30 ATen ops forward
+kernels of :mod:`sb3_mamba.kernels.native` (:class:`NativeScan`: ~30 ATen ops forward
 and ~35 backward per step become one call each, and the backward recomputes
 the gates from the saved matmul outputs instead of storing them); on GPU, or
 without a C compiler, the steps run on ATen ops (:class:`PosteriorScan`).
-``tests/test_rssm_scan.py`` checks values and gradients of both against the
-autograd step loop (:meth:`RSSM.observe_steps`). Shapes: ``T`` time, ``B`` batch, ``D``
+``tests/test_kernels.py`` checks values and gradients of both against the
+eager step loop (:meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>`). Shapes: ``T`` time, ``B`` batch, ``D``
 deter, ``S x C`` latents (``SC = S * C``), ``A`` action, ``E`` hidden width.
 Under autocast the GRU's matmuls run in the autocast dtype, everything else in float32.
 """
@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 import sb3_mamba.distributions as distributions
-from sb3_mamba import native
-from sb3_mamba.networks import LayerNormGRUCell
+from sb3_mamba.kernels import native
+from sb3_mamba.kernels.gru import folded_norm_bias
 
 aten = torch.ops.aten
 aten_mkldnn = torch.ops.mkldnn
@@ -122,9 +122,10 @@ class PosteriorScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, rssm: Any, sample: bool, compute_dtype: torch.dtype, embed_proj: Tensor, action: Tensor,
-                keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
-        library = native_library(embed_proj, compute_dtype)
+    def forward(ctx: Any, rssm: Any, sample: bool, use_c: bool, compute_dtype: torch.dtype, embed_proj: Tensor,
+                action: Tensor, keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor,
+                *weights: Tensor) -> tuple[Tensor, ...]:
+        library = native_library(embed_proj, compute_dtype) if use_c else None
         ctx.native = library is not None
         # autocast off: _Matmul applies the compute dtype, the rest stays float32
         with torch.autocast(embed_proj.device.type, enabled=False):
@@ -150,8 +151,11 @@ class PosteriorScan(torch.autograd.Function):
         # The GRU's (B, E + D) x (E + D, 3D) matmuls run in the compute dtype; the small layers in
         # float32 (at 16 rows bfloat16 is slower on CPU, and they are a small part of the FLOPs).
         mm, gru_mm = _Matmul(torch.float32), _Matmul(compute_dtype)
-        w_in, g_in, b_in, w_gru, g_gru, b_gru, w_post_deter, g_post, b_post, w_post_out, b_post_out = weights
-        w_in, w_post_deter, w_post_out = (w.detach() for w in (w_in, w_post_deter, w_post_out))
+        w = PosteriorWeights(*weights)
+        w_in, g_in, b_in = w.img_in.detach(), w.img_in_norm, w.img_in_norm_bias
+        w_gru, g_gru, b_gru = w.gru, w.gru_norm, w.gru_norm_bias
+        w_post_deter, g_post, b_post = w.post_deter.detach(), w.post_norm, w.post_norm_bias
+        w_post_out, b_post_out = w.post_out.detach(), w.post_out_bias
         w_gru = gru_mm.weight(w_gru)
         gru_linear = gru_mm.packed(w_gru, B)
         eps_in, eps_gru, eps_post = rssm.img_in[1].eps, rssm.gru.norm.eps, rssm.post_net[0].eps
@@ -167,7 +171,7 @@ class PosteriorScan(torch.autograd.Function):
         saved: dict[str, list[Tensor]] = {k: [] for k in _SAVED}
         init_deter, init_stoch = initial_deter.expand(B, D), initial_stoch.expand(B, SC)
         # the update gate's -1 (biased towards keeping the state) folded into the norm's bias
-        b_gru_update = LayerNormGRUCell.fold_update_offset(b_gru)
+        b_gru_update = folded_norm_bias(b_gru)
         uniform_mix = embed_proj.new_full((B, S, C), unimix / C)
         sampler = distributions.one_hot_sample if sample else distributions.one_hot_mode
         h, z = init_deter, init_stoch
@@ -212,7 +216,9 @@ class PosteriorScan(torch.autograd.Function):
         keep, z_action, x_h, deter, post_y, *weights = ctx.saved_tensors
         saved, rssm, mm, gru_mm, restarts = ctx.saved, ctx.rssm, ctx.mm, ctx.gru_mm, ctx.restarts
         w_in, w_gru, w_post_deter, w_post_out = ctx.weights
-        _, g_in, b_in, _, g_gru, b_gru, _, g_post, b_post, _, _ = weights
+        w = PosteriorWeights(*weights)
+        g_in, b_in, g_gru, b_gru = w.img_in_norm, w.img_in_norm_bias, w.gru_norm, w.gru_norm_bias
+        g_post, b_post = w.post_norm, w.post_norm_bias
         T, B, D = deter.shape
         S, C = rssm.stoch_dim, rssm.classes
         SC, E = S * C, g_in.shape[0]
@@ -285,28 +291,77 @@ def _input_and_weight_grads(ctx: Any, z_action: Tensor, x_h: Tensor, deter: Tens
                             d_gru_pre: Tensor, d_post_pre: Tensor, d_logits: Tensor, d_initial_deter: Tensor,
                             norm_grads: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor | None, ...]:
     """:meth:`PosteriorScan.backward`'s return: every weight gradient at once, over the T x B rows."""
-    mm, gru_mm, needs = ctx.mm, ctx.gru_mm, ctx.needs_input_grad[8:]
-    weight_grads = [
-        mm.weight_grad(d_in_pre, z_action) if needs[0] else None, *norm_grads["in"],  # img_in
-        gru_mm.weight_grad(d_gru_pre, x_h) if needs[3] else None, *norm_grads["gru"],  # GRU
-        mm.weight_grad(d_post_pre, deter) if needs[6] else None, *norm_grads["post"],  # posterior
-        mm.weight_grad(d_logits, post_y) if needs[9] else None, d_logits.sum((0, 1)),
-    ]
-    return (None, None, None, d_post_pre, None, None, d_initial_deter, None, *weight_grads)
+    mm, gru_mm = ctx.mm, ctx.gru_mm
+    needs = PosteriorWeights(*ctx.needs_input_grad[len(_INPUTS_BEFORE_WEIGHTS):])
+    weight_grads = PosteriorWeights(
+        img_in=mm.weight_grad(d_in_pre, z_action) if needs.img_in else None,
+        img_in_norm=norm_grads["in"][0], img_in_norm_bias=norm_grads["in"][1],
+        gru=gru_mm.weight_grad(d_gru_pre, x_h) if needs.gru else None,
+        gru_norm=norm_grads["gru"][0], gru_norm_bias=norm_grads["gru"][1],
+        post_deter=mm.weight_grad(d_post_pre, deter) if needs.post_deter else None,
+        post_norm=norm_grads["post"][0], post_norm_bias=norm_grads["post"][1],
+        post_out=mm.weight_grad(d_logits, post_y) if needs.post_out else None,
+        post_out_bias=d_logits.sum((0, 1)),
+    )
+    # gradients of (rssm, sample, use_c, compute_dtype, embed_proj, action, keep, initial_deter, initial_stoch)
+    return (None, None, None, None, d_post_pre, None, None, d_initial_deter, None, *weight_grads)
 
+
+#: PosteriorScan.apply's arguments before the weights
+_INPUTS_BEFORE_WEIGHTS = ("rssm", "sample", "use_c", "compute_dtype", "embed_proj", "action", "keep", "initial_deter",
+                          "initial_stoch")
 
 #: what the forward keeps per step in lists for the backward
 _SAVED = ("in_pre", "in_normed", "in_mean", "in_rstd", "gru_pre", "gru_mean", "gru_rstd", "reset", "candidate_in",
           "candidate", "update", "post_pre", "post_normed", "post_mean", "post_rstd", "softmax")
 
 
-def scan_weights(rssm: Any) -> tuple[Tensor, ...]:
-    """The parameters :class:`PosteriorScan` reads, in its order."""
-    img_linear, img_norm = rssm.img_in[0], rssm.img_in[1]
-    post_norm, post_out = rssm.post_net[0], rssm.post_net[2]
-    return (img_linear.weight, img_norm.weight, img_norm.bias, rssm.gru.linear.weight, rssm.gru.norm.weight,
-            rssm.gru.norm.bias, rssm.post_deter.weight, post_norm.weight, post_norm.bias, post_out.weight,
-            post_out.bias)
+class PosteriorWeights(NamedTuple):
+    """The RSSM parameters the posterior unroll reads (passed to the autograd Function one by one, so
+    that it returns their gradients)."""
+
+    img_in: Tensor  # (E, SC + A)
+    img_in_norm: Tensor  # (E,)
+    img_in_norm_bias: Tensor  # (E,)
+    gru: Tensor  # (3D, E + D)
+    gru_norm: Tensor  # (3D,)
+    gru_norm_bias: Tensor  # (3D,), without the update gate's offset
+    post_deter: Tensor  # (E, D)
+    post_norm: Tensor  # (E,)
+    post_norm_bias: Tensor  # (E,)
+    post_out: Tensor  # (SC, E)
+    post_out_bias: Tensor  # (SC,)
+
+    @classmethod
+    def of(cls, rssm: Any) -> "PosteriorWeights":
+        img_linear, img_norm = rssm.img_in[0], rssm.img_in[1]
+        post_norm, post_out = rssm.post_net[0], rssm.post_net[2]
+        return cls(img_linear.weight, img_norm.weight, img_norm.bias, rssm.gru.linear.weight, rssm.gru.norm.weight,
+                   rssm.gru.norm.bias, rssm.post_deter.weight, post_norm.weight, post_norm.bias, post_out.weight,
+                   post_out.bias)
+
+
+def observe(rssm: Any, embed: Tensor, action: Tensor, is_first: Tensor, sample: bool = True,
+            use_c: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """:meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>` from the initial state, through :class:`PosteriorScan`.
+
+    :param use_c: run the steps on the C kernels where they apply (else ATen ops).
+    """
+    device = embed.device.type
+    compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+    initial = rssm.initial(1)
+    # (T, B): False where the state restarts, and at t = 0 (the unroll starts from the initial state)
+    keep = ~is_first.T.bool()
+    keep[0] = False
+    # (T, B, hidden): the observation half of the posterior's input layer, all steps at once
+    embed_proj = rssm.post_embed(embed).float().transpose(0, 1)
+    deter, stoch, logits = PosteriorScan.apply(
+        rssm, sample, use_c, compute_dtype, embed_proj, action.transpose(0, 1), keep,
+        initial["deter"][0], initial["stoch"][0].flatten().detach(), *PosteriorWeights.of(rssm),
+    )
+    # (B, T, ...)
+    post = {"deter": deter.transpose(0, 1), "stoch": stoch.transpose(0, 1), "logits": logits.transpose(0, 1)}
+    return post, rssm.prior_of(post)
 
 
 # -- the C kernels' path -----------------------------------------------------------------------------
@@ -356,15 +411,17 @@ class NativeScan:
         T, B, E = embed_proj.shape
         D, S, C, A = rssm.deter_dim, rssm.stoch_dim, rssm.classes, action.shape[-1]
         SC = S * C
-        w_in, g_in, b_in, w_gru, g_gru, b_gru, w_pd, g_post, b_post, w_out, b_out = (
-            w.detach().contiguous() for w in weights)
+        w = PosteriorWeights(*(weight.detach().contiguous() for weight in weights))
+        w_in, g_in, b_in, w_gru, g_gru, b_gru = (w.img_in, w.img_in_norm, w.img_in_norm_bias, w.gru, w.gru_norm,
+                                                 w.gru_norm_bias)
+        w_pd, g_post, b_post, w_out, b_out = w.post_deter, w.post_norm, w.post_norm_bias, w.post_out, w.post_out_bias
         mm, gru_mm = _Matmul(torch.float32), _Matmul(compute_dtype)
         w_gru = gru_mm.weight(w_gru)
         gru_linear = gru_mm.packed(w_gru, B, in_compute_dtype=True)
         new = functools.partial(torch.empty, dtype=torch.float32)
         tensors = dict(  # everything the kernels read or write, kept alive in ctx
             w_in=w_in, w_in_t=w_in.t().contiguous(), g_in=g_in, b_in=b_in, g_gru=g_gru,
-            b_gru=LayerNormGRUCell.fold_update_offset(b_gru),  # the update gate's -1 folded in
+            b_gru=folded_norm_bias(b_gru),  # the update gate's offset folded in
             w_pd=w_pd, w_pd_t=w_pd.t().contiguous(), g_post=g_post, b_post=b_post, w_out=w_out,
             w_out_t=w_out.t().contiguous(), b_out=b_out, init_deter=initial_deter.detach().contiguous(),
             init_index=initial_stoch.view(S, C).argmax(-1).int(), embed_proj=embed_proj.detach().contiguous(),

@@ -1,0 +1,83 @@
+"""Fast paths of MAMBA's update behind one switch: ``MAMBA(..., backend=...)``.
+
+The math lives in :mod:`sb3_mamba.rssm`, :mod:`sb3_mamba.world_model` and
+:mod:`sb3_mamba.behavior`; that is the ``"eager"`` backend. The others compute
+the same update faster, each checked against eager by ``tests/test_kernels.py``
+(values and gradients):
+
+``"native"``
+    The posterior unroll as one autograd Function with a hand-written backward
+    (:mod:`~sb3_mamba.kernels.posterior_scan`), its per-step work in C on CPU
+    (:mod:`~sb3_mamba.kernels.native`, built on first use; ATen ops on GPU or
+    without a compiler); imagination with shared start states and factored
+    features (:mod:`~sb3_mamba.kernels.imagination`), the GRU cell in C
+    (:mod:`~sb3_mamba.kernels.gru`); wide heads padded to a multiple of 8
+    columns (:mod:`~sb3_mamba.kernels.layers`).
+``"compile"``
+    The eager step functions through ``torch.compile``
+    (:mod:`~sb3_mamba.kernels.compiled`): no hand-written code, any device.
+``"auto"``
+    ``"native"``: the fastest measured on the CPUs and the GPU it was tried on
+    (``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from sb3_mamba.behavior import ActorCritic, Imagination, ImaginationStarts
+from sb3_mamba.kernels import native
+from sb3_mamba.rssm import RSSM, State
+
+BACKENDS = ("auto", "eager", "native", "compile")
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """How the update computes: the eager modules, or a fast path of the same math.
+
+    :param name: one of :data:`BACKENDS` but ``"auto"``.
+    :param observe: ``(rssm, embed, action, is_first) -> (post, prior)`` for the world-model loss
+        (None: :meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>`).
+    :param imagine: ``(actor_critic, world_model, start, horizon) -> Imagination`` for the
+        actor-critic losses (None: :meth:`ActorCritic.imagine <sb3_mamba.behavior.ActorCritic.imagine>`).
+    :param prepare: applied once to the policy's modules (parameters unchanged).
+    :param detail: what runs, for the log.
+    """
+
+    name: str
+    observe: Callable[[RSSM, torch.Tensor, torch.Tensor, torch.Tensor], tuple[State, State]] | None = None
+    imagine: Callable[[ActorCritic, Any, ImaginationStarts, int], Imagination] | None = None
+    prepare: Callable[[nn.Module], None] | None = None
+    detail: str = ""
+
+
+def select_backend(name: str, device: torch.device | str = "cpu") -> Backend:
+    """The :class:`Backend` called ``name`` (one of :data:`BACKENDS`) for ``device``.
+
+    :raises ValueError: for an unknown name.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}.")
+    device = torch.device(device)
+    if name == "eager":
+        return Backend("eager", detail="the eager modules (sb3_mamba.rssm, sb3_mamba.behavior)")
+    if name == "compile":
+        from sb3_mamba.kernels import compiled
+
+        return compiled.backend()
+    # "auto" and "native"
+    from sb3_mamba.kernels import imagination, layers, posterior_scan
+
+    uses_c = device.type == "cpu" and native.posterior_scan_library() is not None
+    return Backend(
+        "native", observe=posterior_scan.observe, imagine=imagination.imagine, prepare=layers.pad_wide_heads,
+        detail="fused posterior unroll and imagination, " + ("C kernels" if uses_c else "ATen ops (no C kernels)"),
+    )
+
+
+__all__ = ["BACKENDS", "Backend", "select_backend"]
