@@ -4,6 +4,8 @@ Importing ``sb3_mamba`` also registers the meta-RL environment IDs of
 :mod:`sb3_mamba_envs`.
 """
 
+from pathlib import Path as _Path
+
 import sb3_mamba_envs  # noqa: F401  (registers the Gymnasium IDs)
 from sb3_mamba.checkpoints import CheckpointError, latest_checkpoint
 from sb3_mamba.evaluation import MetaEvalCallback, MetaEvalResult, evaluate_meta_policy
@@ -16,4 +18,5 @@ from sb3_mamba.safe_load import UnsafeFileError
 __all__ = ["MAMBA", "RSSMPolicy", "PRESETS", "NonFiniteError", "NonFiniteLossError", "CheckpointError",
            "UnsafeFileError", "latest_checkpoint", "evaluate_meta_policy", "MetaEvalResult", "MetaEvalCallback",
            "export_onnx", "initial_onnx_state"]
-__version__ = "0.1.0"
+#: stated once, in sb3_mamba/version.txt (pyproject.toml reads the same file)
+__version__ = (_Path(__file__).parent / "version.txt").read_text(encoding="utf-8").strip()
