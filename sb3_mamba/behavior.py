@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from torch import Tensor, nn
 from sb3_mamba.distributions import BoundedNormal, OneHotCategorical, TwoHot, full_precision, one_hot_mode
 from sb3_mamba.networks import mlp
 from sb3_mamba.rssm import RSSM, State
+
+if TYPE_CHECKING:  # (world_model imports nothing from here; the annotation only)
+    from sb3_mamba.world_model import WorldModel
 
 
 class ReturnNormalizer(nn.Module):
@@ -61,9 +64,9 @@ class ReturnNormalizer(nn.Module):
 
 
 def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, discount: float, lam: float) -> Tensor:
-    """TD(lambda) targets. reward, cont: (H, N) for steps 1..H; value: (H+1, N) for steps 0..H -> (H, N).
+    """TD(lambda) targets. reward, cont: (h, N) for steps 1..h; value: (h+1, N) for steps 0..h -> (h, N).
 
-    R_t = r_{t+1} + discount * c_{t+1} * ((1 - lam) * v_{t+1} + lam * R_{t+1}), R_H = v_H.
+    R_t = r_{t+1} + discount * c_{t+1} * ((1 - lam) * v_{t+1} + lam * R_{t+1}), R_h = v_h.
     """
     returns = []
     next_return = value[-1]
@@ -74,10 +77,10 @@ def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, discount: float,
 
 
 def trajectory_weight(cont: Tensor, discount: float) -> Tensor:
-    """Loss weight of imagined steps 0..H-1: the discounted probability that the episode reached them.
+    """Loss weight of imagined steps 0..h-1: the discounted probability that the episode reached them.
 
-    cont: (H, N) continuation probabilities of the states at steps 0..H-1 (the start state's
-    included) -> (H, N) with weight_t = prod_{k < t} discount * cont_k (weight_0 = 1), as the
+    cont: (h, N) continuation probabilities of the states at steps 0..h-1 (the start state's
+    included) -> (h, N) with weight_t = prod_{k < t} discount * cont_k (weight_0 = 1), as the
     reference weights its actor and critic losses.
     """
     ones = torch.ones_like(cont[:1])
@@ -87,7 +90,7 @@ def trajectory_weight(cont: Tensor, discount: float) -> Tensor:
 def actor_objective(returns: Tensor, baseline: Tensor, scale: Tensor, log_prob: Tensor | None) -> Tensor:
     """Per-step quantity the actor maximises (before entropy and weights), as the reference computes it.
 
-    returns, baseline: (H, N) lambda-returns R_t and critic values v(s_t) of steps 0..H-1.
+    returns, baseline: (h, N) lambda-returns R_t and critic values v(s_t) of steps 0..h-1.
     Continuous actors (``log_prob`` None): dynamics backpropagation of (R_t - v(s_t)) / S, the
     baseline keeping its pathwise gradient through the imagined states (v(s_0) has none: the
     start is data). Discrete actors: REINFORCE, log pi(a_t | s_t) * sg(R_t - v(s_t)), with the
@@ -173,7 +176,7 @@ class ActorCritic(nn.Module):
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
             slow.lerp_(fast, fraction)
 
-    def imagine(self, world_model: Any, start: ImaginationStarts, horizon: int) -> Imagination:
+    def imagine(self, world_model: WorldModel, start: ImaginationStarts, horizon: int) -> Imagination:
         """Roll the actor out in ``world_model`` for ``horizon`` steps from N starts and read the heads.
 
         Continuous actors keep the graph through the (frozen) world model: dynamics
@@ -213,9 +216,9 @@ class ActorCritic(nn.Module):
             actor_out=torch.stack(actor_out), actions=torch.stack(actions),
         )
 
-    def losses(self, world_model: Any, start: ImaginationStarts | State, horizon: int, discount: float,
+    def losses(self, world_model: WorldModel, start: ImaginationStarts | State, horizon: int, discount: float,
                lam: float, entropy: float, slow_reg: float = 1.0,
-               imagine: Callable[..., Imagination] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+               imagine: Callable[[ActorCritic, WorldModel, ImaginationStarts, int], Imagination] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Actor and critic losses from imagined rollouts of ``horizon`` steps from ``start`` (N starts).
 
         :param world_model: the :class:`~sb3_mamba.world_model.WorldModel` (frozen here).

@@ -530,10 +530,10 @@ class MAMBA(BaseAlgorithm):
                     tensors["mask"], self.wm_indices, self.free_bits, self.dyn_scale, self.rep_scale,
                     observe=self.kernels.observe,
                 )
-            _check_finite(wm_metrics, "world model")
             self.policy.model_optimizer.zero_grad(set_to_none=True)
             wm_loss.backward()
-            _clip_and_check(wm.parameters(), self.model_grad_clip, "world model")
+            wm_norm = torch.nn.utils.clip_grad_norm_(list(wm.parameters()), self.model_grad_clip)
+            _check_finite(wm_metrics, {"gradient norm": wm_norm}, "world model")
             self.policy.model_optimizer.step()
             tac = self._clock()
 
@@ -543,12 +543,13 @@ class MAMBA(BaseAlgorithm):
                     wm, start, self.imag_horizon, self.discount, self.return_lambda, self.ent_coef,
                     self.slow_critic_reg, imagine=self.kernels.imagine,
                 )
-            _check_finite(ac_metrics, "actor-critic")
             self.policy.actor_optimizer.zero_grad(set_to_none=True)
             self.policy.critic_optimizer.zero_grad(set_to_none=True)
             (actor_loss + critic_loss).backward()
-            _clip_and_check(ac.actor.parameters(), self.actor_critic_grad_clip, "actor")
-            _clip_and_check(ac.critic.parameters(), self.actor_critic_grad_clip, "critic")
+            actor_norm = torch.nn.utils.clip_grad_norm_(list(ac.actor.parameters()), self.actor_critic_grad_clip)
+            critic_norm = torch.nn.utils.clip_grad_norm_(list(ac.critic.parameters()), self.actor_critic_grad_clip)
+            _check_finite(ac_metrics, {"actor gradient norm": actor_norm, "critic gradient norm": critic_norm},
+                          "actor-critic")
             self.policy.actor_optimizer.step()
             self.policy.critic_optimizer.step()
             ac.update_slow_critic(self.slow_critic_fraction)
@@ -622,8 +623,17 @@ class MAMBA(BaseAlgorithm):
             delattr(self, safe_load.SAFE_DATA_KEY)
 
     @classmethod
-    def load(cls, path, env=None, device="auto", custom_objects=None, print_system_info=False,
-             force_reset=True, safe=False, **kwargs):
+    def load(  # type: ignore[override]  # (SB3's signature plus ``safe``)
+        cls: type[SelfMAMBA],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: torch.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        safe: bool = False,
+        **kwargs: Any,
+    ) -> SelfMAMBA:
         """Load a model saved by :meth:`save` (see SB3's ``load``).
 
         A truncated, corrupted or foreign file, or one from a newer sb3-mamba,
@@ -787,16 +797,15 @@ def _check_finite_data(obs: Any, rewards: np.ndarray, infos: list[dict], dones: 
             )
 
 
-def _check_finite(metrics: dict[str, torch.Tensor], where: str) -> None:
-    bad = [name for name, value in metrics.items() if not torch.isfinite(value).all()]
-    if bad:
-        raise NonFiniteLossError(
-            f"Non-finite {where} loss ({', '.join(bad)}): training stopped before the update; "
-            "the last saved checkpoint is intact. Check observations/rewards for NaN/Inf or lower the learning rate."
-        )
-
-
-def _clip_and_check(parameters, max_norm: float, where: str) -> None:
-    norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_norm)
-    if not torch.isfinite(norm):
-        raise NonFiniteLossError(f"Non-finite {where} gradient norm: training stopped before the update.")
+def _check_finite(metrics: dict[str, torch.Tensor], norms: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`NonFiniteLossError` naming the non-finite losses or gradient norms of one stage, before
+    its optimiser step. One host synchronisation: the names are only looked up when something is wrong."""
+    values = {**metrics, **norms}
+    # (one scalar per entry: every metric and norm is a 0-d tensor)
+    if bool(torch.isfinite(torch.stack([v.detach().float() for v in values.values()])).all()):
+        return
+    bad = [name for name, value in values.items() if not torch.isfinite(value).all()]
+    raise NonFiniteLossError(
+        f"Non-finite {where} {', '.join(bad)}: training stopped before the update; the last saved checkpoint "
+        "is intact. Check observations/rewards for NaN/Inf or lower the learning rate."
+    )

@@ -136,12 +136,9 @@ class RSSM(nn.Module):
         :param sample: sample the latents (False: their mode).
         :return: posts (deter, stoch, logits) and priors (deter, logits), fields (B, T, ...).
         """
-        # one host sync instead of a reset blend at every step
-        any_first = is_first.any(0).tolist()
         posts = []
         for t in range(embed.shape[1]):
-            first = is_first[:, t] if any_first[t] else None
-            state = self.obs_step(state, action[:, t], embed[:, t], first, sample)
+            state = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t], sample)
             posts.append(state)
         # (B, T, ...)
         post = {k: torch.stack([s[k] for s in posts], dim=1) for k in posts[0]}

@@ -5,8 +5,8 @@ sampled prefix; the prediction losses (decoder, reward, continue) are taken
 at ``L_wm`` indices drawn uniformly per sequence (the KL terms over all
 steps), so the cost of the heads does not grow with H'.
 
-Observations: a ``Box`` (vector ``(D,)`` or uint8 image ``(H, W, C)``, or
-``(C, H, W)`` as SB3's ``VecTransposeImage`` hands it over) or a ``Dict`` of those. Vector keys are concatenated, symlog-ed and go through an
+Observations: a ``Box`` (vector, or uint8 image ``(height, width, channels)``, or
+``(channels, height, width)`` as SB3's ``VecTransposeImage`` hands it over) or a ``Dict`` of those. Vector keys are concatenated, symlog-ed and go through an
 MLP; image keys through a DreamerV3 CNN (depth 32, kernel 4, stride 2, down
 to 4x4). Shapes: ``B`` batch, ``T`` time, ``L`` sampled indices, ``W`` reconstruction window.
 
@@ -40,7 +40,8 @@ VECTOR_KEY = "vector"  # the key of a plain Box observation
 def split_observation_space(
     observation_space: spaces.Space,
 ) -> tuple[dict[str, int], dict[str, tuple[tuple[int, int, int], bool]]]:
-    """Return ({vector key: size}, {image key: ((H, W, C), channels_first)}); ``ValueError`` if unsupported."""
+    """Return ({vector key: size}, {image key: ((height, width, channels), channels_first)}); ``ValueError``
+    if unsupported."""
     subspaces = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {VECTOR_KEY: observation_space}
     vectors, images = {}, {}
     for key, space in subspaces.items():
@@ -97,7 +98,8 @@ def window_steps(index: Tensor, mask: Tensor, window: int) -> tuple[Tensor, Tens
 
 
 class ConvEncoder(nn.Module):
-    """(N, H, W, C) (or (N, C, H, W)) images in [-0.5, 0.5] -> (N, out_dim); halves the size per layer to 4x4."""
+    """(n, height, width, channels) images (or channels first) in [-0.5, 0.5] -> (n, out_dim); halves the size
+    per layer down to 4x4."""
 
     def __init__(self, shape: tuple[int, int, int], depth: int = 32, channels_first: bool = False):
         super().__init__()
@@ -115,7 +117,7 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """(N, feat) -> (N, H, W, C) (or (N, C, H, W)) image mean, mirroring :class:`ConvEncoder`."""
+    """(n, feat) -> (n, height, width, channels) image mean (or channels first), mirroring :class:`ConvEncoder`."""
 
     def __init__(self, feat_dim: int, shape: tuple[int, int, int], depth: int = 32, channels_first: bool = False):
         super().__init__()
@@ -206,7 +208,8 @@ class WorldModel(nn.Module):
 
     # -- observations --------------------------------------------------------------
     def preprocess(self, obs: Any) -> dict[str, Tensor]:
-        """Observation tensors (..., *shape) -> {"vector": (..., D) float, image key: (..., H, W, C) in [-0.5, 0.5]}."""
+        """Observation tensors (..., *shape) -> {"vector": (..., size) float, image key: (..., height, width, channels) in
+        [-0.5, 0.5]}."""
         if not isinstance(obs, dict):
             obs = {VECTOR_KEY: obs}
         out = {}
@@ -324,7 +327,7 @@ class WorldModel(nn.Module):
             error = (self.window_heads["vector"](inputs) - symlog(target(obs[VECTOR_KEY]))) ** 2  # (B, L * W, D)
             losses["window_decoder_loss"] = (error.sum(-1) * valid).sum() / count
         for key in self.image_shapes:
-            image = target(obs[key])  # (B, L * W, H, W, C)
+            image = target(obs[key])  # (B, L * W, height, width, channels)
             prediction = self.window_heads[f"image_{key}"](inputs.flatten(0, 1)).reshape(image.shape)
             losses[f"window_image_loss_{key}"] = (((prediction - image) ** 2).sum((-3, -2, -1)) * valid).sum() / count
         reward_nll = -self.two_hot.log_prob(self.window_heads["reward"](inputs), target(reward))  # (B, L * W)

@@ -23,7 +23,7 @@ the gates from the saved matmul outputs instead of storing them); on GPU, or
 without a C compiler, the steps run on ATen ops (:class:`PosteriorScan`).
 ``tests/test_kernels.py`` checks values and gradients of both against the
 eager step loop (:meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>`). Shapes: ``T`` time, ``B`` batch, ``D``
-deter, ``S x C`` latents (``SC = S * C``), ``A`` action, ``E`` hidden width.
+deter, ``S x C`` latents (``SC = S * C``), ``A`` action, ``U`` the cell's hidden width (``docs/shapes.md``).
 Under autocast the GRU's matmuls run in the autocast dtype, everything else in float32.
 """
 
@@ -72,11 +72,10 @@ class _Matmul:
     def packed(self, w: Tensor, rows: int, in_compute_dtype: bool = False) -> Callable[[Tensor], Tensor]:
         """``x -> x @ w.T`` (float32 result) for a weight used at every step with ``rows`` rows.
 
-        On CPU the weight is reordered once into oneDNN's blocked layout: a 16-row
-        GEMM with the GRU's 1536 x 576 weight then takes 160 instead of 290 us in
-        float32, 86 instead of 134 us in bfloat16 (MKL re-packs the weight at every
-        call). Elsewhere, a plain matmul. ``in_compute_dtype``: ``x`` and the result
-        are both in the compute dtype (no conversions).
+        On CPU the weight is reordered once into oneDNN's blocked layout, so the per-step
+        16-row GEMMs skip MKL's re-packing of the weight at every call (timings in
+        ``benchmarks/results``); elsewhere, a plain matmul. ``in_compute_dtype``: ``x`` and the
+        result are both in the compute dtype (no conversions).
         """
         if w.device.type == "cpu" and _onednn_linear_works(self.dtype):
             w_packed = aten_mkldnn._reorder_linear_weight(w.to(self.dtype), rows)
@@ -145,10 +144,10 @@ class PosteriorScan(torch.autograd.Function):
     @staticmethod
     def _forward(ctx: Any, rssm: Any, sample: bool, compute_dtype: torch.dtype, embed_proj: Tensor, action: Tensor,
                  keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
-        T, B, E = embed_proj.shape
+        T, B, U = embed_proj.shape
         D, S, C, unimix = rssm.deter_dim, rssm.stoch_dim, rssm.classes, rssm.unimix
         SC = S * C
-        # The GRU's (B, E + D) x (E + D, 3D) matmuls run in the compute dtype; the small layers in
+        # The GRU's (B, U + D) x (U + D, 3D) matmuls run in the compute dtype; the small layers in
         # float32 (at 16 rows bfloat16 is slower on CPU, and they are a small part of the FLOPs).
         mm, gru_mm = _Matmul(torch.float32), _Matmul(compute_dtype)
         w = PosteriorWeights(*weights)
@@ -165,8 +164,8 @@ class PosteriorScan(torch.autograd.Function):
         # Time-major buffers the layers write into (``out=``): the outputs, and the inputs of the
         # weight gradients, which the backward then takes as one (T * B, ...) matrix each.
         new = embed_proj.new_empty
-        z_action, x_h, deter, post_y, logits, stoch = (new(T, B, width) for width in (SC + action.shape[-1], E + D,
-                                                                                      D, E, SC, SC))
+        z_action, x_h, deter, post_y, logits, stoch = (new(T, B, width) for width in (SC + action.shape[-1], U + D,
+                                                                                      D, U, SC, SC))
         # the rest per step in lists (no copies)
         saved: dict[str, list[Tensor]] = {k: [] for k in _SAVED}
         init_deter, init_stoch = initial_deter.expand(B, D), initial_stoch.expand(B, SC)
@@ -221,7 +220,7 @@ class PosteriorScan(torch.autograd.Function):
         g_post, b_post = w.post_norm, w.post_norm_bias
         T, B, D = deter.shape
         S, C = rssm.stoch_dim, rssm.classes
-        SC, E = S * C, g_in.shape[0]
+        SC, U = S * C, g_in.shape[0]
         grad_deter, grad_stoch, grad_logits = (
             g.unbind(0) for g in (grad_deter, grad_stoch.reshape(T, B, SC), grad_logits.reshape(T, B, SC)))
         gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B)
@@ -229,8 +228,8 @@ class PosteriorScan(torch.autograd.Function):
         # time-major buffers for the gradients w.r.t. the pre-activations (and the norms' affine
         # parameters per step): the weight gradients are then one matmul / sum each after the loop
         new = deter.new_empty
-        d_logits, d_post_pre, d_gru_pre, d_in_pre = new(T, B, SC), new(T, B, E), new(T, B, 3 * D), new(T, B, E)
-        d_norm = {name: (new(T, width), new(T, width)) for name, width in (("post", E), ("gru", 3 * D), ("in", E))}
+        d_logits, d_post_pre, d_gru_pre, d_in_pre = new(T, B, SC), new(T, B, U), new(T, B, 3 * D), new(T, B, U)
+        d_norm = {name: (new(T, width), new(T, width)) for name, width in (("post", U), ("gru", 3 * D), ("in", U))}
 
         def layer_norm_backward(name: str, t: int, d_normed: Tensor, pre: Tensor, mean: Tensor, rstd: Tensor,
                                 weight: Tensor, bias: Tensor, out: Tensor) -> Tensor:
@@ -260,14 +259,14 @@ class PosteriorScan(torch.autograd.Function):
             d_gates = torch.cat([
                 aten.sigmoid_backward(d_tanh * saved["candidate_in"][t], reset),
                 d_tanh * reset,
-                aten.sigmoid_backward(d_h * (candidate - x_h[t, :, E:]), update),
+                aten.sigmoid_backward(d_h * (candidate - x_h[t, :, U:]), update),
             ], dim=-1)
             d_pre = layer_norm_backward("gru", t, d_gates, saved["gru_pre"][t], saved["gru_mean"][t],
                                         saved["gru_rstd"][t], g_gru, b_gru, d_gru_pre[t])
-            d_x_h = gru_linear_backward(d_pre)  # (B, E + D)
-            d_h_prev = d_h_prev + d_x_h[:, E:]
+            d_x_h = gru_linear_backward(d_pre)  # (B, U + D)
+            d_h_prev = d_h_prev + d_x_h[:, U:]
             # img_in back to stoch_{t-1}
-            d_normed = aten.silu_backward(d_x_h[:, :E], saved["in_normed"][t])
+            d_normed = aten.silu_backward(d_x_h[:, :U], saved["in_normed"][t])
             d_pre = layer_norm_backward("in", t, d_normed, saved["in_pre"][t], saved["in_mean"][t],
                                         saved["in_rstd"][t], g_in, b_in, d_in_pre[t])
             d_z_prev = mm.backward(d_pre, w_in[:, :SC])
@@ -320,16 +319,16 @@ class PosteriorWeights(NamedTuple):
     """The RSSM parameters the posterior unroll reads (passed to the autograd Function one by one, so
     that it returns their gradients)."""
 
-    img_in: Tensor  # (E, SC + A)
-    img_in_norm: Tensor  # (E,)
-    img_in_norm_bias: Tensor  # (E,)
-    gru: Tensor  # (3D, E + D)
+    img_in: Tensor  # (U, SC + A)
+    img_in_norm: Tensor  # (U,)
+    img_in_norm_bias: Tensor  # (U,)
+    gru: Tensor  # (3D, U + D)
     gru_norm: Tensor  # (3D,)
     gru_norm_bias: Tensor  # (3D,), without the update gate's offset
-    post_deter: Tensor  # (E, D)
-    post_norm: Tensor  # (E,)
-    post_norm_bias: Tensor  # (E,)
-    post_out: Tensor  # (SC, E)
+    post_deter: Tensor  # (U, D)
+    post_norm: Tensor  # (U,)
+    post_norm_bias: Tensor  # (U,)
+    post_out: Tensor  # (SC, U)
     post_out_bias: Tensor  # (SC,)
 
     @classmethod
@@ -377,7 +376,7 @@ def native_library(like: Tensor, compute_dtype: torch.dtype) -> ctypes.CDLL | No
 class _ScanStruct(ctypes.Structure):
     """Mirror of ``Scan`` in ``native/posterior_scan.c`` (same field order)."""
 
-    _fields_ = ([(name, ctypes.c_int) for name in ("T", "B", "D", "E", "S", "C", "A", "bf16")]
+    _fields_ = ([(name, ctypes.c_int) for name in ("T", "B", "D", "U", "S", "C", "A", "bf16")]
                 + [(name, ctypes.c_float) for name in ("unimix", "grad_scale", "eps_in", "eps_gru", "eps_post")]
                 + [(name, ctypes.c_void_p) for name in (
                     "w_in", "w_in_t", "g_in", "b_in", "g_gru", "b_gru", "w_pd", "w_pd_t", "g_post", "b_post",
@@ -408,7 +407,7 @@ class NativeScan:
     def forward(ctx: Any, library: ctypes.CDLL, rssm: Any, sample: bool, compute_dtype: torch.dtype,
                 embed_proj: Tensor, action: Tensor, keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor,
                 *weights: Tensor) -> tuple[Tensor, ...]:
-        T, B, E = embed_proj.shape
+        T, B, U = embed_proj.shape
         D, S, C, A = rssm.deter_dim, rssm.stoch_dim, rssm.classes, action.shape[-1]
         SC = S * C
         w = PosteriorWeights(*(weight.detach().contiguous() for weight in weights))
@@ -427,13 +426,13 @@ class NativeScan:
             init_index=initial_stoch.view(S, C).argmax(-1).int(), embed_proj=embed_proj.detach().contiguous(),
             action=action.detach().float().contiguous(), keep=keep.to(torch.uint8).contiguous(),
             uniform=torch.rand(T, B, S) if sample else None,
-            z_action=new(T, B, SC + A), x_h=torch.empty(T, B, E + D, dtype=compute_dtype), in_pre=new(T, B, E),
+            z_action=new(T, B, SC + A), x_h=torch.empty(T, B, U + D, dtype=compute_dtype), in_pre=new(T, B, U),
             in_mean=new(T, B), in_rstd=new(T, B), gru_mean=new(T, B), gru_rstd=new(T, B), deter=new(T, B, D),
-            post_pre=new(T, B, E), post_mean=new(T, B), post_rstd=new(T, B), post_y=new(T, B, E),
+            post_pre=new(T, B, U), post_mean=new(T, B), post_rstd=new(T, B), post_y=new(T, B, U),
             logits=new(T, B, SC), softmax=new(T, B, SC), stoch=new(T, B, SC),
             index=torch.empty(T, B, S, dtype=torch.int32),
         )
-        scan = _ScanStruct(T=T, B=B, D=D, E=E, S=S, C=C, A=A, bf16=int(compute_dtype == torch.bfloat16),
+        scan = _ScanStruct(T=T, B=B, D=D, U=U, S=S, C=C, A=A, bf16=int(compute_dtype == torch.bfloat16),
                            unimix=rssm.unimix, grad_scale=1.0 - rssm.unimix if sample else 0.0,
                            eps_in=rssm.img_in[1].eps, eps_gru=rssm.gru.norm.eps, eps_post=rssm.post_net[0].eps)
         scan.point(**tensors)
@@ -457,20 +456,20 @@ class NativeScan:
     def backward(ctx: Any, grad_deter: Tensor, grad_stoch: Tensor, grad_logits: Tensor) -> tuple[Tensor | None, ...]:
         scan, tensors, library = ctx.scan, ctx.tensors, ctx.library
         (deter,) = ctx.saved_tensors
-        T, B, D, E, SC = scan.T, scan.B, scan.D, scan.E, scan.S * scan.C
+        T, B, D, U, SC = scan.T, scan.B, scan.D, scan.U, scan.S * scan.C
         new = functools.partial(torch.zeros, dtype=torch.float32)
         grads = dict(
             grad_deter=grad_deter.float().contiguous(), grad_stoch=grad_stoch.float().reshape(T, B, SC).contiguous(),
             grad_logits=grad_logits.float().reshape(T, B, SC).contiguous(), d_logits=new(T, B, SC),
-            d_post_pre=new(T, B, E), d_in_pre=new(T, B, E), d_gru_pre=torch.empty(T, B, 3 * D, dtype=ctx.gru_mm.dtype),
-            d_g_in=new(E), d_b_in=new(E), d_g_gru=new(3 * D), d_b_gru=new(3 * D), d_g_post=new(E), d_b_post=new(E),
+            d_post_pre=new(T, B, U), d_in_pre=new(T, B, U), d_gru_pre=torch.empty(T, B, 3 * D, dtype=ctx.gru_mm.dtype),
+            d_g_in=new(U), d_b_in=new(U), d_g_gru=new(3 * D), d_b_gru=new(3 * D), d_g_post=new(U), d_b_post=new(U),
             d_init_deter=new(D), carry_h=new(B, D), carry_z=new(B, SC), d_h_prev=new(B, D),
         )
         scan.point(**grads)
         scan_pointer, d_gru_pre, gru_pre = ctypes.byref(scan), grads["d_gru_pre"], ctx.gru_pre
         library.backward_output(scan_pointer, T - 1, gru_pre[T - 1].data_ptr())
         for t in reversed(range(T)):
-            d_x_h = ctx.gru_linear_backward(d_gru_pre[t])  # (B, E + D) in the compute dtype
+            d_x_h = ctx.gru_linear_backward(d_gru_pre[t])  # (B, U + D) in the compute dtype
             library.backward_input(scan_pointer, t, d_x_h.data_ptr(), gru_pre[t - 1].data_ptr() if t > 0 else None)
         norm_grads = {"in": (grads["d_g_in"], grads["d_b_in"]), "gru": (grads["d_g_gru"], grads["d_b_gru"]),
                       "post": (grads["d_g_post"], grads["d_b_post"])}

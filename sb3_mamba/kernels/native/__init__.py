@@ -1,7 +1,7 @@
 """sb3-mamba's C kernels, built on first use with the system C compiler and cached.
 
 The RSSM posterior unroll runs one step at a time, on 16 rows: through ATen
-each step is ~30 small ops forward and ~35 backward at 3-15 us each, more
+each step is ~30 small ops forward and ~35 backward, whose dispatch costs more
 than the step's two matmuls. ``posterior_scan.c`` fuses each step's
 elementwise work, layer norms and small layers into one call; the GRU's
 matmuls stay in torch (oneDNN). Its GRU gates also serve imagination's GRU
@@ -13,7 +13,7 @@ keyed by the source, flags, compiler and CPU, and written atomically. Once
 loaded, a self-check against ATen on fixed inputs refuses a miscompiled build.
 
 Without a C compiler (or with ``SB3_MAMBA_NATIVE=0``) everything runs on
-ATen ops instead, with the same results (``tests/test_rssm_scan.py``,
+ATen ops instead, with the same results (``tests/test_kernels.py``,
 ``tests/test_native.py``); a missing compiler, a failed build or a failed
 self-check says so once with a warning.
 """

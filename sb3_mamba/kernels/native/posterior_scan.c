@@ -1,7 +1,7 @@
 /* One step of MAMBA's RSSM posterior unroll, forward and backward, as fused loops.
  *
- * The Python loop in sb3_mamba/rssm_scan.py calls, per time step, the GRU's
- * (B, E + D) x (E + D, 3D) matmul through torch (oneDNN) and one function here
+ * The Python loop in sb3_mamba/kernels/posterior_scan.py calls, per time step, the GRU's
+ * (B, U + D) x (U + D, 3D) matmul through torch (oneDNN) and one function here
  * for everything else; through ATen that is ~30 small ops per step forward and
  * ~35 backward, each 3-15 us of dispatch and memory traffic on 16 rows.
  *
@@ -17,40 +17,40 @@
  *
  * Weight gradients are not computed here: the Python side takes each as one matmul over
  * all T x B rows of the saved buffers after the loop. Shapes: T time, B batch, D deter,
- * E hidden, S latents of C classes (SC = S * C), A action, K = SC + A. All buffers are
+ * U hidden, S latents of C classes (SC = S * C), A action, K = SC + A. All buffers are
  * time-major and contiguous; x_h, d_gru_pre and the matmul outputs are in the compute
  * dtype (float32, or bfloat16 when `bf16`), everything else float32.
- * Built by sb3_mamba/native/__init__.py; tests/test_rssm_scan.py compares it with ATen.
+ * Built by sb3_mamba/kernels/native/__init__.py; tests/test_kernels.py compares it with the eager RSSM.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 typedef struct {
-  int T, B, D, E, S, C, A, bf16;
+  int T, B, D, U, S, C, A, bf16;
   float unimix, grad_scale, eps_in, eps_gru, eps_post;
   /* weights, float32 (w_*_t: transposed copies) */
-  const float *w_in, *w_in_t, *g_in, *b_in;    /* (E, K), (K, E), (E,), (E,) */
+  const float *w_in, *w_in_t, *g_in, *b_in;    /* (U, K), (K, U), (U,), (U,) */
   const float *g_gru, *b_gru;                  /* (3D,): the update gate's -1 folded into b_gru */
-  const float *w_pd, *w_pd_t, *g_post, *b_post; /* (E, D), (D, E), (E,), (E,) */
-  const float *w_out, *w_out_t, *b_out;         /* (SC, E), (E, SC), (SC,) */
+  const float *w_pd, *w_pd_t, *g_post, *b_post; /* (U, D), (D, U), (U,), (U,) */
+  const float *w_out, *w_out_t, *b_out;         /* (SC, U), (U, SC), (SC,) */
   const float *init_deter;                      /* (D,) */
   const int32_t *init_index;                    /* (S,) classes of the initial one-hot latent */
   /* inputs */
-  const float *embed_proj, *action, *uniform;   /* (T, B, E), (T, B, A), (T, B, S) or NULL: the mode */
+  const float *embed_proj, *action, *uniform;   /* (T, B, U), (T, B, A), (T, B, S) or NULL: the mode */
   const uint8_t *keep;                          /* (T, B): 0 where the row restarts */
   /* forward: outputs and what the backward reads */
   float *z_action;                              /* (T, B, K) img_in's input */
-  void *x_h;                                    /* (T, B, E + D) the GRU matmul's input */
-  float *in_pre, *in_mean, *in_rstd;            /* (T, B, E), (T, B), (T, B) */
+  void *x_h;                                    /* (T, B, U + D) the GRU matmul's input */
+  float *in_pre, *in_mean, *in_rstd;            /* (T, B, U), (T, B), (T, B) */
   float *gru_mean, *gru_rstd;                   /* (T, B): the gates' norm (the backward recomputes the gates) */
   float *deter;                                 /* (T, B, D) */
-  float *post_pre, *post_mean, *post_rstd, *post_y; /* (T, B, E), (T, B), (T, B), (T, B, E) */
+  float *post_pre, *post_mean, *post_rstd, *post_y; /* (T, B, U), (T, B), (T, B), (T, B, U) */
   float *logits, *softmax, *stoch;              /* (T, B, SC) */
   int32_t *index;                               /* (T, B, S) sampled classes */
   /* backward */
   const float *grad_deter, *grad_stoch, *grad_logits; /* (T, B, D), (T, B, SC), (T, B, SC) */
-  float *d_logits, *d_post_pre, *d_in_pre;      /* (T, B, SC), (T, B, E), (T, B, E) */
+  float *d_logits, *d_post_pre, *d_in_pre;      /* (T, B, SC), (T, B, U), (T, B, U) */
   void *d_gru_pre;                              /* (T, B, 3D) */
   float *d_g_in, *d_b_in, *d_g_gru, *d_b_gru, *d_g_post, *d_b_post, *d_init_deter; /* accumulated */
   float *carry_h, *carry_z, *d_h_prev;          /* (B, D), (B, SC), (B, D) */
@@ -285,36 +285,36 @@ static inline const float *previous_deter(const Scan *s, int t, int b) {
 
 /* -- forward ------------------------------------------------------------------------------ */
 void forward_input(const Scan *s, int t) {
-  const int B = s->B, D = s->D, E = s->E, S = s->S, C = s->C, A = s->A, SC = S * C, K = SC + A;
+  const int B = s->B, D = s->D, U = s->U, S = s->S, C = s->C, A = s->A, SC = S * C, K = SC + A;
   const int64_t first = (int64_t)t * B;  /* row of (t, b = 0) */
   for (int b = 0; b < B; b++) {
     const int64_t row = first + b;
     const int keep = keeps(s, t, b);
     const int32_t *index = keep ? s->index + (row - B) * S : s->init_index;
-    float *z_action = s->z_action + row * K, *pre = s->in_pre + row * E;
+    float *z_action = s->z_action + row * K, *pre = s->in_pre + row * U;
     /* z_action = [one-hot latent, action (zero where the state restarts)]; with a one-hot
      * input the matmul is a sum of S rows of w_in_t plus the action's part */
     memset(z_action, 0, sizeof(float) * SC);
-    memset(pre, 0, sizeof(float) * E);
+    memset(pre, 0, sizeof(float) * U);
     for (int i = 0; i < S; i++) {
       z_action[i * C + index[i]] = 1.0f;
-      const float *restrict w = s->w_in_t + (int64_t)(i * C + index[i]) * E;
+      const float *restrict w = s->w_in_t + (int64_t)(i * C + index[i]) * U;
 #pragma omp simd
-      for (int e = 0; e < E; e++) pre[e] += w[e];
+      for (int e = 0; e < U; e++) pre[e] += w[e];
     }
     for (int a = 0; a < A; a++) z_action[SC + a] = keep ? s->action[row * A + a] : 0.0f;
-    matmul(1, A, E, z_action + SC, A, s->w_in_t + (int64_t)SC * E, E, pre, E, 1);
-    float xhat[E], y[E];
-    layer_norm(E, pre, s->g_in, s->b_in, s->eps_in, xhat, y, s->in_mean + row, s->in_rstd + row);
+    matmul(1, A, U, z_action + SC, A, s->w_in_t + (int64_t)SC * U, U, pre, U, 1);
+    float xhat[U], y[U];
+    layer_norm(U, pre, s->g_in, s->b_in, s->eps_in, xhat, y, s->in_mean + row, s->in_rstd + row);
 #pragma omp simd
-    for (int e = 0; e < E; e++) y[e] *= sigmoid_f(y[e]);  /* SiLU */
-    store_row(E, y, s->x_h, s->bf16, row * (E + D));
-    store_row(D, previous_deter(s, t, b), s->x_h, s->bf16, row * (E + D) + E);
+    for (int e = 0; e < U; e++) y[e] *= sigmoid_f(y[e]);  /* SiLU */
+    store_row(U, y, s->x_h, s->bf16, row * (U + D));
+    store_row(D, previous_deter(s, t, b), s->x_h, s->bf16, row * (U + D) + U);
   }
 }
 
 void forward_output(const Scan *s, int t, const void *gru_pre) {
-  const int B = s->B, D = s->D, E = s->E, S = s->S, C = s->C, SC = S * C;
+  const int B = s->B, D = s->D, U = s->U, S = s->S, C = s->C, SC = S * C;
   const int64_t first = (int64_t)t * B;
   /* GRU: LayerNorm over the three gates, DreamerV3's gate functions */
   for (int b = 0; b < B; b++) {
@@ -329,18 +329,18 @@ void forward_output(const Scan *s, int t, const void *gru_pre) {
     for (int d = 0; d < D; d++) h[d] = h_prev[d] + update[d] * (cand[d] - h_prev[d]);
   }
   /* posterior: Linear(deter) + Linear(embed) (precomputed) -> LayerNorm -> SiLU -> Linear */
-  float *post_pre = s->post_pre + first * E, *post_y = s->post_y + first * E, *logits = s->logits + first * SC;
-  memcpy(post_pre, s->embed_proj + first * E, sizeof(float) * B * E);
-  matmul(B, D, E, s->deter + first * D, D, s->w_pd_t, E, post_pre, E, 1);
+  float *post_pre = s->post_pre + first * U, *post_y = s->post_y + first * U, *logits = s->logits + first * SC;
+  memcpy(post_pre, s->embed_proj + first * U, sizeof(float) * B * U);
+  matmul(B, D, U, s->deter + first * D, D, s->w_pd_t, U, post_pre, U, 1);
   for (int b = 0; b < B; b++) {
-    float xhat[E], *restrict y = post_y + (int64_t)b * E;
-    layer_norm(E, post_pre + (int64_t)b * E, s->g_post, s->b_post, s->eps_post, xhat, y, s->post_mean + first + b,
+    float xhat[U], *restrict y = post_y + (int64_t)b * U;
+    layer_norm(U, post_pre + (int64_t)b * U, s->g_post, s->b_post, s->eps_post, xhat, y, s->post_mean + first + b,
                s->post_rstd + first + b);
 #pragma omp simd
-    for (int e = 0; e < E; e++) y[e] *= sigmoid_f(y[e]);
+    for (int e = 0; e < U; e++) y[e] *= sigmoid_f(y[e]);
     memcpy(logits + (int64_t)b * SC, s->b_out, sizeof(float) * SC);
   }
-  matmul(B, E, SC, post_y, E, s->w_out_t, SC, logits, SC, 1);
+  matmul(B, U, SC, post_y, U, s->w_out_t, SC, logits, SC, 1);
   for (int b = 0; b < B; b++) {
     const int64_t row = first + b;
     sample_latents(S, C, s->unimix, s->logits + row * SC, s->uniform ? s->uniform + row * S : NULL,
@@ -351,7 +351,7 @@ void forward_output(const Scan *s, int t, const void *gru_pre) {
 
 /* -- backward ----------------------------------------------------------------------------- */
 void backward_output(const Scan *s, int t, const void *gru_pre) {
-  const int B = s->B, D = s->D, E = s->E, S = s->S, C = s->C, SC = S * C;
+  const int B = s->B, D = s->D, U = s->U, S = s->S, C = s->C, SC = S * C;
   const int64_t first = (int64_t)t * B;
   /* straight-through sample -> unimix softmax -> logits */
   for (int b = 0; b < B; b++) {
@@ -370,24 +370,24 @@ void backward_output(const Scan *s, int t, const void *gru_pre) {
     }
   }
   /* posterior layers back to deter_t */
-  float d_y[B * E], d_h[B * D];
-  matmul(B, SC, E, s->d_logits + first * SC, SC, s->w_out, E, d_y, E, 0);
+  float d_y[B * U], d_h[B * D];
+  matmul(B, SC, U, s->d_logits + first * SC, SC, s->w_out, U, d_y, U, 0);
   for (int b = 0; b < B; b++) {
     const int64_t row = first + b;
-    const float *post_pre = s->post_pre + row * E, mean = s->post_mean[row], rstd = s->post_rstd[row];
-    float xhat[E], *restrict dy = d_y + (int64_t)b * E;
+    const float *post_pre = s->post_pre + row * U, mean = s->post_mean[row], rstd = s->post_rstd[row];
+    float xhat[U], *restrict dy = d_y + (int64_t)b * U;
 #pragma omp simd
-    for (int e = 0; e < E; e++) {
+    for (int e = 0; e < U; e++) {
       xhat[e] = (post_pre[e] - mean) * rstd;
       const float x = xhat[e] * s->g_post[e] + s->b_post[e], sig = sigmoid_f(x);
       dy[e] *= sig * (1.0f + x * (1.0f - sig));  /* SiLU backward */
     }
-    layer_norm_backward(E, dy, xhat, s->g_post, rstd, s->d_post_pre + row * E, s->d_g_post, s->d_b_post);
+    layer_norm_backward(U, dy, xhat, s->g_post, rstd, s->d_post_pre + row * U, s->d_g_post, s->d_b_post);
     const float *restrict grad_deter = s->grad_deter + row * D, *restrict carry = s->carry_h + (int64_t)b * D;
 #pragma omp simd
     for (int d = 0; d < D; d++) d_h[(int64_t)b * D + d] = grad_deter[d] + carry[d];
   }
-  matmul(B, E, D, s->d_post_pre + first * E, E, s->w_pd, D, d_h, D, 1);
+  matmul(B, U, D, s->d_post_pre + first * U, U, s->w_pd, D, d_h, D, 1);
   /* GRU cell: deter_t = h_prev + u * (c - h_prev), c = tanh(r * cand_in) */
   for (int b = 0; b < B; b++) {
     const int64_t row = first + b;
@@ -403,26 +403,26 @@ void backward_output(const Scan *s, int t, const void *gru_pre) {
 }
 
 void backward_input(const Scan *s, int t, const void *d_x_h, const void *gru_pre_previous) {
-  const int B = s->B, D = s->D, E = s->E, S = s->S, C = s->C, A = s->A, SC = S * C, K = SC + A;
+  const int B = s->B, D = s->D, U = s->U, S = s->S, C = s->C, A = s->A, SC = S * C, K = SC + A;
   const int64_t first = (int64_t)t * B;
   /* img_in back to stoch_{t-1}: SiLU, LayerNorm, Linear */
   for (int b = 0; b < B; b++) {
     const int64_t row = first + b;
-    float d_y[E], xhat[E];
-    load_row(E, d_x_h, s->bf16, (int64_t)b * (E + D), d_y);
-    const float *pre = s->in_pre + row * E, mean = s->in_mean[row], rstd = s->in_rstd[row];
+    float d_y[U], xhat[U];
+    load_row(U, d_x_h, s->bf16, (int64_t)b * (U + D), d_y);
+    const float *pre = s->in_pre + row * U, mean = s->in_mean[row], rstd = s->in_rstd[row];
 #pragma omp simd
-    for (int e = 0; e < E; e++) {
+    for (int e = 0; e < U; e++) {
       xhat[e] = (pre[e] - mean) * rstd;
       const float x = xhat[e] * s->g_in[e] + s->b_in[e], sig = sigmoid_f(x);
       d_y[e] *= sig * (1.0f + x * (1.0f - sig));
     }
-    layer_norm_backward(E, d_y, xhat, s->g_in, rstd, s->d_in_pre + row * E, s->d_g_in, s->d_b_in);
+    layer_norm_backward(U, d_y, xhat, s->g_in, rstd, s->d_in_pre + row * U, s->d_g_in, s->d_b_in);
   }
-  matmul(B, E, SC, s->d_in_pre + first * E, E, s->w_in, K, s->carry_z, SC, 0);
+  matmul(B, U, SC, s->d_in_pre + first * U, U, s->w_in, K, s->carry_z, SC, 0);
   for (int b = 0; b < B; b++) {
     float d_h_prev[D];
-    load_row(D, d_x_h, s->bf16, (int64_t)b * (E + D) + E, d_h_prev);
+    load_row(D, d_x_h, s->bf16, (int64_t)b * (U + D) + U, d_h_prev);
     const float *restrict from_gru = s->d_h_prev + (int64_t)b * D;
     float *restrict carry_h = s->carry_h + (int64_t)b * D;
     if (keeps(s, t, b)) {
