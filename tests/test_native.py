@@ -7,9 +7,6 @@ simulate machines without a compiler or with a broken one."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import multiprocessing
-import os
 
 import pytest
 import torch
@@ -28,10 +25,11 @@ def fresh(monkeypatch, tmp_path):
     native._library.cache_clear()
 
 
-@pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
+@pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler on this machine")
 def test_builds_once_into_the_cache(fresh):
     library = native.posterior_scan_library()
-    assert library is not None and all(hasattr(library, name) for name in native.FUNCTIONS)
+    assert library is not None and hasattr(library, "gru_cell") and hasattr(library, "gru_cell_backward")
+    assert torch.classes.sb3_mamba.PosteriorScan is not None
     built = sorted(fresh.glob("*.so"))
     assert len(built) == 1 and not [p for p in fresh.iterdir() if p not in built]  # no temporary left behind
     mtime = built[0].stat().st_mtime_ns
@@ -46,21 +44,21 @@ def test_opt_out(fresh, monkeypatch):
 
 def test_no_compiler_warns_and_falls_back(fresh, monkeypatch):
     monkeypatch.setattr(native, "_compiler", lambda: None)
-    with pytest.warns(RuntimeWarning, match="no C compiler"):
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         assert native.posterior_scan_library() is None
 
 
-@pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
+@pytest.mark.skipif(native._compiler() is None, reason="no C++ compiler on this machine")
 def test_failed_build_warns_and_leaves_nothing(fresh, monkeypatch, tmp_path_factory):
-    broken = tmp_path_factory.mktemp("src") / "posterior_scan.c"
-    broken.write_text("this is not C\n")
+    broken = tmp_path_factory.mktemp("src") / "posterior_scan.cpp"
+    broken.write_text("this is not C++\n")
     monkeypatch.setattr(native, "SOURCE", broken)
     with pytest.warns(RuntimeWarning, match="could not build"):
         assert native.posterior_scan_library() is None
     assert not list(fresh.glob("*"))
 
 
-needs_kernels = pytest.mark.skipif(native.posterior_scan_library() is None, reason="the C kernels did not build")
+needs_kernels = pytest.mark.skipif(native.posterior_scan_library() is None, reason="the C++ kernels did not build")
 
 
 def make_cell() -> LayerNormGRUCell:
@@ -166,27 +164,6 @@ def test_gru_step_equals_the_eager_cell(grad, use_c):
             torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_row_split_in_a_forked_child():
-    """A child forked after the worker threads started gets its own pool (the parent's threads do not
-    exist there: reusing its pool would wait forever)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        assert sorted(_split_rows()) == [(0, 500), (500, 1000)]  # the parent's worker thread is running
-        with multiprocessing.get_context("fork").Pool(1) as pool:
-            assert sorted(pool.apply_async(_split_rows).get(timeout=60)) == [(0, 500), (500, 1000)]
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _split_rows() -> list[tuple[int, int]]:
-    torch.set_num_threads(2)  # (only the setting: no torch op runs in the forked child)
-    ranges = []
-    native._run_rows(lambda begin, end: ranges.append((begin, end)), 1000)
-    return ranges
-
-
 def test_gru_cell_off_the_cpu_never_builds_the_kernels():
     """A GPU run must not try to compile (or warn about) CPU kernels it cannot use."""
     pre, h = torch.empty(4, 96, device="meta"), torch.empty(4, 32, device="meta")
@@ -196,22 +173,40 @@ def test_gru_cell_off_the_cpu_never_builds_the_kernels():
 
 
 def test_the_self_check_catches_a_wrong_kernel():
-    class ZeroingLibrary:  # a "miscompiled" GRU kernel: writes zeros
-        @staticmethod
-        def gru_cell_forward(begin, end, D, *args):
-            ctypes.memset(args[-1], 0, (end - begin) * D * 4)
+    def zeroing_kernel(pre, h, *args):  # a "miscompiled" GRU kernel: writes zeros
+        return torch.zeros_like(h)
 
-    assert not native._agrees_with_aten(ZeroingLibrary())
+    assert not native._agrees_with_eager(zeroing_kernel)
 
 
 @needs_kernels
-def test_kernels_that_disagree_with_aten_are_not_used(fresh, monkeypatch):
+def test_kernels_that_disagree_with_eager_are_not_used(fresh, monkeypatch):
     """A library that fails the self-check is refused with a warning, not trained with."""
-    monkeypatch.setattr(native, "_agrees_with_aten", lambda library: False)
+    monkeypatch.setattr(native, "_agrees_with_eager", lambda kernel: False)
     with pytest.warns(RuntimeWarning, match="disagree"):
         assert native.posterior_scan_library() is None
 
 
 @needs_kernels
 def test_the_built_kernels_pass_their_self_check():
-    assert native._agrees_with_aten(native.posterior_scan_library())
+    assert native._agrees_with_eager(native.posterior_scan_library().gru_cell)
+
+
+@needs_kernels
+def test_the_kernels_check_their_inputs():
+    """A wrong dtype or shape is a clear error from the op's own checks, never a read out of bounds."""
+    library = native.posterior_scan_library()
+    with pytest.raises(RuntimeError, match="norm_weight must have shape"):
+        library.gru_cell(torch.zeros(4, 96), torch.zeros(4, 32), torch.ones(95), torch.zeros(96), 1e-3)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        library.gru_cell(torch.zeros(4, 96, dtype=torch.float64), torch.zeros(4, 32), torch.ones(96),
+                         torch.zeros(96), 1e-3)
+    scan = torch.classes.sb3_mamba.PosteriorScan(
+        {"T": 2, "B": 3, "D": 4, "U": 5, "S": 2, "C": 3, "A": 1, "bf16": 0},
+        {"unimix": 0.01, "grad_scale": 1.0, "eps_in": 1e-3, "eps_gru": 1e-3, "eps_post": 1e-3}, {})
+    with pytest.raises(RuntimeError, match="deter must have shape \\[2, 3, 4\\]"):
+        scan.attach({"deter": torch.zeros(2, 3, 5)})
+    with pytest.raises(RuntimeError, match="no buffer named 'detre'"):
+        scan.attach({"detre": torch.zeros(2, 3, 4)})
+    with pytest.raises(RuntimeError, match="step 2 outside"):
+        scan.forward_input(2)

@@ -29,7 +29,6 @@ Under autocast the GRU's matmuls run in the autocast dtype, everything else in f
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -129,7 +128,7 @@ class PosteriorScan(torch.autograd.Function):
         # autocast off: _Matmul applies the compute dtype, the rest stays float32
         with torch.autocast(embed_proj.device.type, enabled=False):
             if library is not None:
-                return NativeScan.forward(ctx, library, rssm, sample, compute_dtype, embed_proj, action, keep,
+                return NativeScan.forward(ctx, rssm, sample, compute_dtype, embed_proj, action, keep,
                                           initial_deter, initial_stoch, *weights)
             return PosteriorScan._forward(ctx, rssm, sample, compute_dtype, embed_proj, action, keep, initial_deter,
                                           initial_stoch, *weights)
@@ -363,8 +362,8 @@ def observe(rssm: Any, embed: Tensor, action: Tensor, is_first: Tensor, sample: 
     return post, rssm.prior_of(post)
 
 
-# -- the C kernels' path -----------------------------------------------------------------------------
-def native_library(like: Tensor, compute_dtype: torch.dtype) -> ctypes.CDLL | None:
+# -- the C++ kernels' path ---------------------------------------------------------------------------
+def native_library(like: Tensor, compute_dtype: torch.dtype) -> Any | None:
     """The compiled kernels where they apply (CPU, float32 (T, B, ...) data with T, B > 0, float32/bfloat16
     matmuls), else None."""
     if (like.device.type != "cpu" or like.dtype != torch.float32 or like.shape[0] == 0 or like.shape[1] == 0
@@ -373,90 +372,69 @@ def native_library(like: Tensor, compute_dtype: torch.dtype) -> ctypes.CDLL | No
     return native.posterior_scan_library()
 
 
-class _ScanStruct(ctypes.Structure):
-    """Mirror of ``Scan`` in ``native/posterior_scan.c`` (same field order)."""
-
-    _fields_ = ([(name, ctypes.c_int) for name in ("T", "B", "D", "U", "S", "C", "A", "bf16")]
-                + [(name, ctypes.c_float) for name in ("unimix", "grad_scale", "eps_in", "eps_gru", "eps_post")]
-                + [(name, ctypes.c_void_p) for name in (
-                    "w_in", "w_in_t", "g_in", "b_in", "g_gru", "b_gru", "w_pd", "w_pd_t", "g_post", "b_post",
-                    "w_out", "w_out_t", "b_out", "init_deter", "init_index",  # weights
-                    "embed_proj", "action", "uniform", "keep",  # inputs
-                    "z_action", "x_h", "in_pre", "in_mean", "in_rstd", "gru_mean", "gru_rstd", "deter", "post_pre",
-                    "post_mean", "post_rstd", "post_y", "logits", "softmax", "stoch", "index",  # forward
-                    "grad_deter", "grad_stoch", "grad_logits", "d_logits", "d_post_pre", "d_in_pre", "d_gru_pre",
-                    "d_g_in", "d_b_in", "d_g_gru", "d_b_gru", "d_g_post", "d_b_post", "d_init_deter", "carry_h",
-                    "carry_z", "d_h_prev")])  # backward
-
-    def point(self, **tensors: Tensor | None) -> None:
-        """Set pointer fields to the tensors' data (the caller keeps the tensors alive)."""
-        for name, tensor in tensors.items():
-            assert tensor is None or tensor.is_contiguous(), name
-            setattr(self, name, None if tensor is None else tensor.data_ptr())
-
-
 class NativeScan:
-    """:class:`PosteriorScan` on the C kernels: per step, one kernel call and the GRU's matmul (torch).
+    """:class:`PosteriorScan` on the C++ kernels: per step, one kernel call and the GRU's matmul (torch).
 
-    Same inputs, outputs and gradients as the ATen path; the samples use the same
-    uniforms (one ``torch.rand`` of (T, B, S) draws the stream that T per-step
-    draws of (B, S, 1) would).
+    ``torch.classes.sb3_mamba.PosteriorScan`` holds every buffer the kernels read or write (each checked
+    for its dtype and shape). Same inputs, outputs and gradients as the ATen path; the samples use the
+    same uniforms (one ``torch.rand`` of (T, B, S) draws the stream that T per-step draws of (B, S, 1)
+    would).
     """
 
     @staticmethod
-    def forward(ctx: Any, library: ctypes.CDLL, rssm: Any, sample: bool, compute_dtype: torch.dtype,
-                embed_proj: Tensor, action: Tensor, keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor,
-                *weights: Tensor) -> tuple[Tensor, ...]:
+    def forward(ctx: Any, rssm: Any, sample: bool, compute_dtype: torch.dtype, embed_proj: Tensor, action: Tensor,
+                keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
         T, B, U = embed_proj.shape
         D, S, C, A = rssm.deter_dim, rssm.stoch_dim, rssm.classes, action.shape[-1]
         SC = S * C
-        w = PosteriorWeights(*(weight.detach().contiguous() for weight in weights))
-        w_in, g_in, b_in, w_gru, g_gru, b_gru = (w.img_in, w.img_in_norm, w.img_in_norm_bias, w.gru, w.gru_norm,
-                                                 w.gru_norm_bias)
-        w_pd, g_post, b_post, w_out, b_out = w.post_deter, w.post_norm, w.post_norm_bias, w.post_out, w.post_out_bias
+        w = PosteriorWeights(*(weight.detach().float().contiguous() for weight in weights))
         mm, gru_mm = _Matmul(torch.float32), _Matmul(compute_dtype)
-        w_gru = gru_mm.weight(w_gru)
+        w_gru = gru_mm.weight(w.gru)
         gru_linear = gru_mm.packed(w_gru, B, in_compute_dtype=True)
         new = functools.partial(torch.empty, dtype=torch.float32)
-        tensors = dict(  # everything the kernels read or write, kept alive in ctx
-            w_in=w_in, w_in_t=w_in.t().contiguous(), g_in=g_in, b_in=b_in, g_gru=g_gru,
-            b_gru=folded_norm_bias(b_gru),  # the update gate's offset folded in
-            w_pd=w_pd, w_pd_t=w_pd.t().contiguous(), g_post=g_post, b_post=b_post, w_out=w_out,
-            w_out_t=w_out.t().contiguous(), b_out=b_out, init_deter=initial_deter.detach().contiguous(),
+        tensors = dict(
+            w_in=w.img_in, w_in_t=w.img_in.t().contiguous(), g_in=w.img_in_norm, b_in=w.img_in_norm_bias,
+            g_gru=w.gru_norm, b_gru=folded_norm_bias(w.gru_norm_bias),  # the update gate's offset folded in
+            w_pd=w.post_deter, w_pd_t=w.post_deter.t().contiguous(), g_post=w.post_norm, b_post=w.post_norm_bias,
+            w_out=w.post_out, w_out_t=w.post_out.t().contiguous(), b_out=w.post_out_bias,
+            init_deter=initial_deter.detach().float().contiguous(),
             init_index=initial_stoch.view(S, C).argmax(-1).int(), embed_proj=embed_proj.detach().contiguous(),
             action=action.detach().float().contiguous(), keep=keep.to(torch.uint8).contiguous(),
-            uniform=torch.rand(T, B, S) if sample else None,
             z_action=new(T, B, SC + A), x_h=torch.empty(T, B, U + D, dtype=compute_dtype), in_pre=new(T, B, U),
             in_mean=new(T, B), in_rstd=new(T, B), gru_mean=new(T, B), gru_rstd=new(T, B), deter=new(T, B, D),
             post_pre=new(T, B, U), post_mean=new(T, B), post_rstd=new(T, B), post_y=new(T, B, U),
             logits=new(T, B, SC), softmax=new(T, B, SC), stoch=new(T, B, SC),
             index=torch.empty(T, B, S, dtype=torch.int32),
         )
-        scan = _ScanStruct(T=T, B=B, D=D, U=U, S=S, C=C, A=A, bf16=int(compute_dtype == torch.bfloat16),
-                           unimix=rssm.unimix, grad_scale=1.0 - rssm.unimix if sample else 0.0,
-                           eps_in=rssm.img_in[1].eps, eps_gru=rssm.gru.norm.eps, eps_post=rssm.post_net[0].eps)
-        scan.point(**tensors)
-        x_h, scan_pointer = tensors["x_h"], ctypes.byref(scan)
-        library.forward_input(scan_pointer, 0)
+        if sample:
+            tensors["uniform"] = torch.rand(T, B, S)
+        sizes = dict(T=T, B=B, D=D, U=U, S=S, C=C, A=A, bf16=int(compute_dtype == torch.bfloat16))
+        scalars = dict(unimix=float(rssm.unimix), grad_scale=1.0 - rssm.unimix if sample else 0.0,
+                       eps_in=float(rssm.img_in[1].eps), eps_gru=float(rssm.gru.norm.eps),
+                       eps_post=float(rssm.post_net[0].eps))
+        scan = torch.classes.sb3_mamba.PosteriorScan(sizes, scalars, tensors)
+        x_h = tensors["x_h"]
+        scan.forward_input(0)
         gru_pre = []  # (B, 3D) per step in the compute dtype; the backward recomputes the gates from it
         for t in range(T):
             gru_pre.append(gru_linear(x_h[t]))
-            library.forward_output(scan_pointer, t, gru_pre[t].data_ptr())
-        # the outputs go through save_for_backward (an output kept on ctx would be a reference cycle);
+            scan.forward_output(t, gru_pre[t])
+        # the outputs go through save_for_backward (an output held by the scan would be a reference cycle);
         # the backward reads deter, never stoch or logits
-        deter, stoch, logits = (tensors.pop(key) for key in ("deter", "stoch", "logits"))
-        scan.point(stoch=None, logits=None)
+        deter, stoch, logits = tensors["deter"], tensors["stoch"], tensors["logits"]
+        scan.release(["deter", "stoch", "logits"])
         ctx.save_for_backward(deter)
-        ctx.library, ctx.scan, ctx.tensors, ctx.gru_pre = library, scan, tensors, gru_pre
+        ctx.scan, ctx.sizes, ctx.gru_pre = scan, sizes, gru_pre
+        ctx.saved_inputs = {key: tensors[key] for key in ("z_action", "x_h", "post_y")}
         ctx.mm, ctx.gru_mm = mm, gru_mm
         ctx.gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B, in_compute_dtype=True)
         return deter, stoch.view(T, B, S, C), logits.view(T, B, S, C)
 
     @staticmethod
     def backward(ctx: Any, grad_deter: Tensor, grad_stoch: Tensor, grad_logits: Tensor) -> tuple[Tensor | None, ...]:
-        scan, tensors, library = ctx.scan, ctx.tensors, ctx.library
+        scan, sizes = ctx.scan, ctx.sizes
         (deter,) = ctx.saved_tensors
-        T, B, D, U, SC = scan.T, scan.B, scan.D, scan.U, scan.S * scan.C
+        T, B, D, U, SC = sizes["T"], sizes["B"], sizes["D"], sizes["U"], sizes["S"] * sizes["C"]
         new = functools.partial(torch.zeros, dtype=torch.float32)
         grads = dict(
             grad_deter=grad_deter.float().contiguous(), grad_stoch=grad_stoch.float().reshape(T, B, SC).contiguous(),
@@ -465,14 +443,16 @@ class NativeScan:
             d_g_in=new(U), d_b_in=new(U), d_g_gru=new(3 * D), d_b_gru=new(3 * D), d_g_post=new(U), d_b_post=new(U),
             d_init_deter=new(D), carry_h=new(B, D), carry_z=new(B, SC), d_h_prev=new(B, D),
         )
-        scan.point(**grads)
-        scan_pointer, d_gru_pre, gru_pre = ctypes.byref(scan), grads["d_gru_pre"], ctx.gru_pre
-        library.backward_output(scan_pointer, T - 1, gru_pre[T - 1].data_ptr())
+        scan.attach({"deter": deter, **grads})
+        d_gru_pre, gru_pre = grads["d_gru_pre"], ctx.gru_pre
+        scan.backward_output(T - 1, gru_pre[T - 1])
         for t in reversed(range(T)):
             d_x_h = ctx.gru_linear_backward(d_gru_pre[t])  # (B, U + D) in the compute dtype
-            library.backward_input(scan_pointer, t, d_x_h.data_ptr(), gru_pre[t - 1].data_ptr() if t > 0 else None)
+            scan.backward_input(t, d_x_h, gru_pre[t - 1] if t > 0 else None)
+        scan.release(["deter"])
         norm_grads = {"in": (grads["d_g_in"], grads["d_b_in"]), "gru": (grads["d_g_gru"], grads["d_b_gru"]),
                       "post": (grads["d_g_post"], grads["d_b_post"])}
-        return _input_and_weight_grads(ctx, tensors["z_action"], tensors["x_h"], deter, tensors["post_y"],
+        saved = ctx.saved_inputs
+        return _input_and_weight_grads(ctx, saved["z_action"], saved["x_h"], deter, saved["post_y"],
                                        grads["d_in_pre"], d_gru_pre, grads["d_post_pre"], grads["d_logits"],
                                        grads["d_init_deter"], norm_grads)

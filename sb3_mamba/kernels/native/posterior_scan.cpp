@@ -1,9 +1,10 @@
-/* One step of MAMBA's RSSM posterior unroll, forward and backward, as fused loops.
+/* MAMBA's RSSM posterior unroll, one step forward and backward, and DreamerV3's GRU cell, as fused loops;
+ * registered as PyTorch custom ops and a custom class (namespace sb3_mamba) by the TORCH_LIBRARY block at
+ * the end. Built on first use by sb3_mamba/kernels/native/__init__.py (torch.utils.cpp_extension).
  *
  * The Python loop in sb3_mamba/kernels/posterior_scan.py calls, per time step, the GRU's
- * (B, U + D) x (U + D, 3D) matmul through torch (oneDNN) and one function here
- * for everything else; through ATen that is ~30 small ops per step forward and
- * ~35 backward, each 3-15 us of dispatch and memory traffic on 16 rows.
+ * (B, U + D) x (U + D, 3D) matmul through torch (oneDNN) and one method of PosteriorScan here
+ * for everything else; through ATen that is ~30 small ops per step forward and ~35 backward.
  *
  *   forward_input(t)        img_in: one-hot latent and action -> Linear -> LayerNorm -> SiLU,
  *                           written with the previous deter as the GRU matmul's input x_h[t]
@@ -16,17 +17,29 @@
  *                           stoch[t-1]; restarts; then backward_output(t - 1, pre_prev)
  *
  * Weight gradients are not computed here: the Python side takes each as one matmul over
- * all T x B rows of the saved buffers after the loop. Shapes: T time, B batch, D deter,
- * U hidden, S latents of C classes (SC = S * C), A action, K = SC + A. All buffers are
- * time-major and contiguous; x_h, d_gru_pre and the matmul outputs are in the compute
+ * all T x B rows of the saved buffers after the loop. Shapes (docs/shapes.md): T time, B batch,
+ * D deter, U the cell's hidden width, S latents of C classes (SC = S * C), A action, K = SC + A.
+ * All buffers are time-major and contiguous, held by the PosteriorScan object (each checked for
+ * its dtype and shape when attached); x_h, d_gru_pre and the matmul outputs are in the compute
  * dtype (float32, or bfloat16 when `bf16`), everything else float32.
- * Built by sb3_mamba/kernels/native/__init__.py; tests/test_kernels.py compares it with the eager RSSM.
+ * tests/test_kernels.py and tests/test_native.py compare every kernel with the eager modules.
  */
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
 
-typedef struct {
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#define restrict __restrict__  /* C99's keyword, GCC's spelling in C++ */
+
+namespace {
+
+struct Scan {
   int T, B, D, U, S, C, A, bf16;
   float unimix, grad_scale, eps_in, eps_gru, eps_post;
   /* weights, float32 (w_*_t: transposed copies) */
@@ -54,7 +67,7 @@ typedef struct {
   void *d_gru_pre;                              /* (T, B, 3D) */
   float *d_g_in, *d_b_in, *d_g_gru, *d_b_gru, *d_g_post, *d_b_post, *d_init_deter; /* accumulated */
   float *carry_h, *carry_z, *d_h_prev;          /* (B, D), (B, SC), (B, D) */
-} Scan;
+};
 
 /* -- scalar helpers (inlined into vectorised loops) --------------------------------------- */
 static inline float exp_f(float x) {
@@ -118,7 +131,7 @@ static void matmul(int M, int K, int N, const float *restrict x, int ldx, const 
       vec16 acc[4][4];
       for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++)
-          acc[i][j] = accumulate ? vload(out + (int64_t)(m0 + i) * ldo + n0 + 16 * j) : (vec16){0};
+          acc[i][j] = accumulate ? vload(out + (int64_t)(m0 + i) * ldo + n0 + 16 * j) : vec16{};
       for (int k = 0; k < K; k++) {
         const float *wk = w + (int64_t)k * ldw + n0;
         const vec16 w0 = vload(wk), w1 = vload(wk + 16), w2 = vload(wk + 32), w3 = vload(wk + 48);
@@ -284,7 +297,7 @@ static inline const float *previous_deter(const Scan *s, int t, int b) {
 }
 
 /* -- forward ------------------------------------------------------------------------------ */
-void forward_input(const Scan *s, int t) {
+static void forward_input(const Scan *s, int t) {
   const int B = s->B, D = s->D, U = s->U, S = s->S, C = s->C, A = s->A, SC = S * C, K = SC + A;
   const int64_t first = (int64_t)t * B;  /* row of (t, b = 0) */
   for (int b = 0; b < B; b++) {
@@ -313,7 +326,7 @@ void forward_input(const Scan *s, int t) {
   }
 }
 
-void forward_output(const Scan *s, int t, const void *gru_pre) {
+static void forward_output(const Scan *s, int t, const void *gru_pre) {
   const int B = s->B, D = s->D, U = s->U, S = s->S, C = s->C, SC = S * C;
   const int64_t first = (int64_t)t * B;
   /* GRU: LayerNorm over the three gates, DreamerV3's gate functions */
@@ -350,7 +363,7 @@ void forward_output(const Scan *s, int t, const void *gru_pre) {
 }
 
 /* -- backward ----------------------------------------------------------------------------- */
-void backward_output(const Scan *s, int t, const void *gru_pre) {
+static void backward_output(const Scan *s, int t, const void *gru_pre) {
   const int B = s->B, D = s->D, U = s->U, S = s->S, C = s->C, SC = S * C;
   const int64_t first = (int64_t)t * B;
   /* straight-through sample -> unimix softmax -> logits */
@@ -402,7 +415,7 @@ void backward_output(const Scan *s, int t, const void *gru_pre) {
   }
 }
 
-void backward_input(const Scan *s, int t, const void *d_x_h, const void *gru_pre_previous) {
+static void backward_input(const Scan *s, int t, const void *d_x_h, const void *gru_pre_previous) {
   const int B = s->B, D = s->D, U = s->U, S = s->S, C = s->C, A = s->A, SC = S * C, K = SC + A;
   const int64_t first = (int64_t)t * B;
   /* img_in back to stoch_{t-1}: SiLU, LayerNorm, Linear */
@@ -443,7 +456,7 @@ void backward_input(const Scan *s, int t, const void *d_x_h, const void *gru_pre
  * NULL, the state's rows are shared: row r reads h_prev row index[r] and adds the gate layer's state half
  * state_pre (compute dtype, (*, 3D)) row index[r] to pre. Same arithmetic as the scan's forward.
  * Thread-safe: callers split the rows between threads. */
-void gru_cell_forward(int row_begin, int row_end, int D, const void *pre, int bf16, const void *state_pre,
+static void gru_cell_forward(int64_t row_begin, int64_t row_end, int D, const void *pre, int bf16, const void *state_pre,
                       const int64_t *index, const float *g, const float *bias, float eps, const float *h_prev,
                       int ld_h, float *h_out) {
   for (int64_t r = row_begin; r < row_end; r++) {
@@ -468,7 +481,7 @@ void gru_cell_forward(int row_begin, int row_end, int D, const void *pre, int bf
  * and h_prev as in the forward, d_h (rows, D) -> d_pre (rows, 3D, pre's compute dtype: what the gate layer's
  * matmul backward takes) and d_h_prev (rows, D), the latter only the path through the update (the gate
  * layer's path comes from d_pre's matmul). Recomputes the LayerNorm and gates from pre instead of saving them. */
-void gru_cell_backward(int row_begin, int row_end, int D, const void *pre, int bf16, const float *g,
+static void gru_cell_backward_rows(int64_t row_begin, int64_t row_end, int D, const void *pre, int bf16, const float *g,
                        const float *bias, float eps, const float *h_prev, int ld_h, const float *d_h, void *d_pre,
                        float *d_h_prev) {
   for (int64_t r = row_begin; r < row_end; r++) {
@@ -479,4 +492,237 @@ void gru_cell_backward(int row_begin, int row_end, int D, const void *pre, int b
                           NULL);
     store_row(3 * D, d_x, d_pre, bf16, r * 3 * D);
   }
+}
+
+}  // namespace
+
+/* -- PyTorch bindings ----------------------------------------------------------------------- */
+namespace {
+
+using Shape = std::vector<int64_t>;
+
+/* A checked view of a contiguous CPU tensor of `dtype` and `shape`: its data for the kernels. */
+void *data_of(const at::Tensor &tensor, const char *name, at::ScalarType dtype, const Shape &shape) {
+  TORCH_CHECK(tensor.device().is_cpu(), "sb3_mamba kernels: ", name, " must be on the CPU");
+  TORCH_CHECK(tensor.scalar_type() == dtype, "sb3_mamba kernels: ", name, " must be ", dtype, ", got ",
+              tensor.scalar_type());
+  TORCH_CHECK(tensor.sizes() == at::IntArrayRef(shape), "sb3_mamba kernels: ", name, " must have shape ",
+              at::IntArrayRef(shape), ", got ", tensor.sizes());
+  TORCH_CHECK(tensor.is_contiguous(), "sb3_mamba kernels: ", name, " must be contiguous");
+  return tensor.data_ptr();
+}
+
+}  // namespace
+
+/* One posterior unroll: the sizes, the buffers the kernels read and write (held here, so they live as long
+ * as the unroll's autograd node), and the four step methods of the header comment. */
+struct PosteriorScan : torch::CustomClassHolder {
+  Scan scan{};
+  c10::Dict<std::string, at::Tensor> buffers;
+  at::ScalarType compute_dtype = at::kFloat;
+
+  PosteriorScan(c10::Dict<std::string, int64_t> sizes, c10::Dict<std::string, double> scalars,
+                c10::Dict<std::string, at::Tensor> tensors) {
+    scan.T = sizes.at("T"), scan.B = sizes.at("B"), scan.D = sizes.at("D"), scan.U = sizes.at("U");
+    scan.S = sizes.at("S"), scan.C = sizes.at("C"), scan.A = sizes.at("A"), scan.bf16 = sizes.at("bf16");
+    TORCH_CHECK(scan.T > 0 && scan.B > 0 && scan.D > 0 && scan.U > 0 && scan.S > 0 && scan.C > 0 && scan.A >= 0,
+                "sb3_mamba kernels: PosteriorScan sizes must be positive");
+    scan.unimix = scalars.at("unimix"), scan.grad_scale = scalars.at("grad_scale");
+    scan.eps_in = scalars.at("eps_in"), scan.eps_gru = scalars.at("eps_gru"), scan.eps_post = scalars.at("eps_post");
+    compute_dtype = scan.bf16 ? at::kBFloat16 : at::kFloat;
+    attach(tensors);
+  }
+
+  /* Hold and point the kernels at these named buffers (checked); a name not listed is an error. */
+  void attach(c10::Dict<std::string, at::Tensor> tensors) {
+    for (const auto &item : tensors) {
+      buffers.insert_or_assign(item.key(), item.value());
+      bind(item.key(), item.value());
+    }
+  }
+
+  /* Drop these buffers (the outputs autograd keeps: holding them here would be a reference cycle). */
+  void release(std::vector<std::string> names) {
+    for (const auto &name : names) {
+      buffers.erase(name);
+      bind(name, at::Tensor());
+    }
+  }
+
+  void forward_input(int64_t t) { forward_input_at(check_step(t)); }
+  void forward_output(int64_t t, at::Tensor gru_pre) {
+    ::forward_output(&scan, check_step(t), data_of(gru_pre, "gru_pre", compute_dtype, {scan.B, 3 * scan.D}));
+  }
+  void backward_output(int64_t t, at::Tensor gru_pre) {
+    ::backward_output(&scan, check_step(t), data_of(gru_pre, "gru_pre", compute_dtype, {scan.B, 3 * scan.D}));
+  }
+  void backward_input(int64_t t, at::Tensor d_x_h, std::optional<at::Tensor> gru_pre_previous) {
+    check_step(t);
+    TORCH_CHECK(t == 0 || gru_pre_previous.has_value(), "sb3_mamba kernels: backward_input needs the previous ",
+                "step's gru_pre");
+    ::backward_input(&scan, t, data_of(d_x_h, "d_x_h", compute_dtype, {scan.B, scan.U + scan.D}),
+                     t > 0 ? data_of(*gru_pre_previous, "gru_pre", compute_dtype, {scan.B, 3 * scan.D}) : nullptr);
+  }
+
+ private:
+  void forward_input_at(int t) { ::forward_input(&scan, t); }
+
+  int check_step(int64_t t) const {
+    TORCH_CHECK(t >= 0 && t < scan.T, "sb3_mamba kernels: step ", t, " outside [0, ", scan.T, ")");
+    return static_cast<int>(t);
+  }
+
+  void bind(const std::string &name, const at::Tensor &tensor) {
+    const int64_t T = scan.T, B = scan.B, D = scan.D, U = scan.U, S = scan.S, SC = scan.S * scan.C, A = scan.A;
+    const int64_t K = SC + A;
+    const bool none = !tensor.defined();
+    auto f32 = [&](const Shape &shape) { return none ? nullptr : static_cast<float *>(data_of(tensor, name.c_str(), at::kFloat, shape)); };
+    auto low = [&](const Shape &shape) { return none ? nullptr : data_of(tensor, name.c_str(), compute_dtype, shape); };
+    auto i32 = [&](const Shape &shape) { return none ? nullptr : static_cast<int32_t *>(data_of(tensor, name.c_str(), at::kInt, shape)); };
+    auto u8 = [&](const Shape &shape) { return none ? nullptr : static_cast<uint8_t *>(data_of(tensor, name.c_str(), at::kByte, shape)); };
+    /* weights */
+    if (name == "w_in") scan.w_in = f32({U, K});
+    else if (name == "w_in_t") scan.w_in_t = f32({K, U});
+    else if (name == "g_in") scan.g_in = f32({U});
+    else if (name == "b_in") scan.b_in = f32({U});
+    else if (name == "g_gru") scan.g_gru = f32({3 * D});
+    else if (name == "b_gru") scan.b_gru = f32({3 * D});
+    else if (name == "w_pd") scan.w_pd = f32({U, D});
+    else if (name == "w_pd_t") scan.w_pd_t = f32({D, U});
+    else if (name == "g_post") scan.g_post = f32({U});
+    else if (name == "b_post") scan.b_post = f32({U});
+    else if (name == "w_out") scan.w_out = f32({SC, U});
+    else if (name == "w_out_t") scan.w_out_t = f32({U, SC});
+    else if (name == "b_out") scan.b_out = f32({SC});
+    else if (name == "init_deter") scan.init_deter = f32({D});
+    else if (name == "init_index") scan.init_index = i32({S});
+    /* inputs */
+    else if (name == "embed_proj") scan.embed_proj = f32({T, B, U});
+    else if (name == "action") scan.action = f32({T, B, A});
+    else if (name == "uniform") scan.uniform = f32({T, B, S});
+    else if (name == "keep") scan.keep = u8({T, B});
+    /* forward */
+    else if (name == "z_action") scan.z_action = f32({T, B, K});
+    else if (name == "x_h") scan.x_h = low({T, B, U + D});
+    else if (name == "in_pre") scan.in_pre = f32({T, B, U});
+    else if (name == "in_mean") scan.in_mean = f32({T, B});
+    else if (name == "in_rstd") scan.in_rstd = f32({T, B});
+    else if (name == "gru_mean") scan.gru_mean = f32({T, B});
+    else if (name == "gru_rstd") scan.gru_rstd = f32({T, B});
+    else if (name == "deter") scan.deter = f32({T, B, D});
+    else if (name == "post_pre") scan.post_pre = f32({T, B, U});
+    else if (name == "post_mean") scan.post_mean = f32({T, B});
+    else if (name == "post_rstd") scan.post_rstd = f32({T, B});
+    else if (name == "post_y") scan.post_y = f32({T, B, U});
+    else if (name == "logits") scan.logits = f32({T, B, SC});
+    else if (name == "softmax") scan.softmax = f32({T, B, SC});
+    else if (name == "stoch") scan.stoch = f32({T, B, SC});
+    else if (name == "index") scan.index = i32({T, B, S});
+    /* backward */
+    else if (name == "grad_deter") scan.grad_deter = f32({T, B, D});
+    else if (name == "grad_stoch") scan.grad_stoch = f32({T, B, SC});
+    else if (name == "grad_logits") scan.grad_logits = f32({T, B, SC});
+    else if (name == "d_logits") scan.d_logits = f32({T, B, SC});
+    else if (name == "d_post_pre") scan.d_post_pre = f32({T, B, U});
+    else if (name == "d_in_pre") scan.d_in_pre = f32({T, B, U});
+    else if (name == "d_gru_pre") scan.d_gru_pre = low({T, B, 3 * D});
+    else if (name == "d_g_in") scan.d_g_in = f32({U});
+    else if (name == "d_b_in") scan.d_b_in = f32({U});
+    else if (name == "d_g_gru") scan.d_g_gru = f32({3 * D});
+    else if (name == "d_b_gru") scan.d_b_gru = f32({3 * D});
+    else if (name == "d_g_post") scan.d_g_post = f32({U});
+    else if (name == "d_b_post") scan.d_b_post = f32({U});
+    else if (name == "d_init_deter") scan.d_init_deter = f32({D});
+    else if (name == "carry_h") scan.carry_h = f32({B, D});
+    else if (name == "carry_z") scan.carry_z = f32({B, SC});
+    else if (name == "d_h_prev") scan.d_h_prev = f32({B, D});
+    else TORCH_CHECK(false, "sb3_mamba kernels: PosteriorScan has no buffer named '", name, "'");
+  }
+};
+
+namespace {
+
+/* DreamerV3's GRU cell after its gate layer, no gradients: see sb3_mamba.kernels.native.gru_cell. */
+at::Tensor gru_cell(const at::Tensor &pre, const at::Tensor &h_prev, const at::Tensor &norm_weight,
+                    const at::Tensor &norm_bias, double eps, const std::optional<at::Tensor> &state_pre,
+                    const std::optional<at::Tensor> &rows) {
+  TORCH_CHECK(pre.dim() == 2 && h_prev.dim() == 2 && pre.size(1) == 3 * h_prev.size(1),
+              "sb3_mamba kernels: gru_cell takes pre (N, 3D) and h_prev (N or P, D)");
+  TORCH_CHECK(pre.scalar_type() == at::kFloat || pre.scalar_type() == at::kBFloat16,
+              "sb3_mamba kernels: gru_cell's pre must be float32 or bfloat16");
+  TORCH_CHECK(h_prev.scalar_type() == at::kFloat && h_prev.stride(1) == 1 && h_prev.device().is_cpu(),
+              "sb3_mamba kernels: gru_cell's h_prev must be float32 rows (unit stride) on the CPU");
+  TORCH_CHECK(rows.has_value() == state_pre.has_value(), "sb3_mamba kernels: state_pre and rows go together");
+  const int64_t N = pre.size(0), D = h_prev.size(1);
+  const bool bf16 = pre.scalar_type() == at::kBFloat16;
+  const at::Tensor pre_c = pre.contiguous();
+  const at::Tensor g = norm_weight.contiguous(), bias = norm_bias.contiguous();
+  data_of(g, "norm_weight", at::kFloat, {3 * D});
+  data_of(bias, "norm_bias", at::kFloat, {3 * D});
+  at::Tensor state_c, rows_c;
+  if (rows.has_value()) {
+    rows_c = rows->contiguous();
+    data_of(rows_c, "rows", at::kLong, {N});
+    state_c = state_pre->contiguous();
+    data_of(state_c, "state_pre", pre.scalar_type(), {h_prev.size(0), 3 * D});
+    if (N > 0) {
+      const int64_t low = rows_c.min().item<int64_t>(), high = rows_c.max().item<int64_t>();
+      TORCH_CHECK_INDEX(low >= 0 && high < h_prev.size(0), "rows must index the ", h_prev.size(0),
+                        " states, got values in [", low, ", ", high, "]");
+    }
+  } else {
+    TORCH_CHECK(h_prev.size(0) == N, "sb3_mamba kernels: gru_cell's h_prev must have pre's rows");
+  }
+  at::Tensor out = at::empty({N, D}, h_prev.options());
+  const void *state = rows.has_value() ? state_c.data_ptr() : nullptr;
+  const int64_t *index = rows.has_value() ? rows_c.data_ptr<int64_t>() : nullptr;
+  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    gru_cell_forward(begin, end, D, pre_c.data_ptr(), bf16, state, index, g.data_ptr<float>(),
+                     bias.data_ptr<float>(), static_cast<float>(eps), h_prev.data_ptr<float>(),
+                     static_cast<int>(h_prev.stride(0)), out.data_ptr<float>());
+  });
+  return out;
+}
+
+/* gru_cell's backward with the norm's parameters frozen: d_h (N, D) -> (d_pre (N, 3D), d_h_prev (N, D)). */
+std::tuple<at::Tensor, at::Tensor> gru_cell_backward(const at::Tensor &pre, const at::Tensor &h_prev,
+                                                     const at::Tensor &norm_weight, const at::Tensor &norm_bias,
+                                                     double eps, const at::Tensor &d_h) {
+  TORCH_CHECK(pre.dim() == 2 && h_prev.dim() == 2 && pre.size(1) == 3 * h_prev.size(1) &&
+                  pre.size(0) == h_prev.size(0) && h_prev.stride(1) == 1 && h_prev.scalar_type() == at::kFloat,
+              "sb3_mamba kernels: gru_cell_backward takes pre (N, 3D) and float32 rows h_prev (N, D)");
+  TORCH_CHECK(pre.scalar_type() == at::kFloat || pre.scalar_type() == at::kBFloat16,
+              "sb3_mamba kernels: gru_cell_backward's pre must be float32 or bfloat16");
+  const int64_t N = pre.size(0), D = h_prev.size(1);
+  const bool bf16 = pre.scalar_type() == at::kBFloat16;
+  const at::Tensor pre_c = pre.contiguous(), d_h_c = d_h.to(at::kFloat).contiguous();
+  const at::Tensor g = norm_weight.contiguous(), bias = norm_bias.contiguous();
+  data_of(g, "norm_weight", at::kFloat, {3 * D});
+  data_of(bias, "norm_bias", at::kFloat, {3 * D});
+  data_of(d_h_c, "d_h", at::kFloat, {N, D});
+  at::Tensor d_pre = at::empty({N, 3 * D}, pre.options()), d_h_prev = at::empty({N, D}, h_prev.options());
+  at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    gru_cell_backward_rows(begin, end, D, pre_c.data_ptr(), bf16, g.data_ptr<float>(), bias.data_ptr<float>(),
+                           static_cast<float>(eps), h_prev.data_ptr<float>(), static_cast<int>(h_prev.stride(0)),
+                           d_h_c.data_ptr<float>(), d_pre.data_ptr(), d_h_prev.data_ptr<float>());
+  });
+  return {d_pre, d_h_prev};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(sb3_mamba, m) {
+  m.class_<PosteriorScan>("PosteriorScan")
+      .def(torch::init<c10::Dict<std::string, int64_t>, c10::Dict<std::string, double>,
+                       c10::Dict<std::string, at::Tensor>>())
+      .def("attach", &PosteriorScan::attach)
+      .def("release", &PosteriorScan::release)
+      .def("forward_input", &PosteriorScan::forward_input)
+      .def("forward_output", &PosteriorScan::forward_output)
+      .def("backward_output", &PosteriorScan::backward_output)
+      .def("backward_input", &PosteriorScan::backward_input);
+  m.def("gru_cell(Tensor pre, Tensor h_prev, Tensor norm_weight, Tensor norm_bias, float eps, "
+        "Tensor? state_pre=None, Tensor? rows=None) -> Tensor", &gru_cell);
+  m.def("gru_cell_backward(Tensor pre, Tensor h_prev, Tensor norm_weight, Tensor norm_bias, float eps, "
+        "Tensor d_h) -> (Tensor, Tensor)", &gru_cell_backward);
 }
