@@ -44,21 +44,35 @@ def main() -> None:
         results = time_updates(model, MODES, prefix, 2 if args.quick else args.updates, warmup=1)
         for mode, result in results.items():
             rows.append({"case": name, "H_prime": prefix, "mode": mode, **result})
-            print(f"{name} H'={prefix} {mode}: {result['s_per_update']:.3f} s/update "
-                  f"(WM {result['world_model_s']:.3f}, AC {result['actor_critic_s']:.3f})", flush=True)
+            print(
+                f"{name} H'={prefix} {mode}: {result['s_per_update']:.3f} s/update "
+                f"(WM {result['world_model_s']:.3f}, AC {result['actor_critic_s']:.3f})",
+                flush=True,
+            )
         rows[-1]["first_update_with_compilation_s"] = compile_s
         model.env.close()
-    lines = [f"# Backends, same run: {describe(info)}", "",
-             "| case | H' | backend | s/update | x eager | world model | actor-critic | RSSM unroll | imagination |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Backends, same run: {describe(info)}",
+        "",
+        "| case | H' | backend | s/update | x eager | world model | actor-critic | RSSM unroll | imagination |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     eager = {(r["case"], r["H_prime"]): r["s_per_update"] for r in rows if r["mode"] == "eager"}
     for r in rows:
-        lines.append(f"| {r['case']} | {r['H_prime']} | {r['mode']} | {r['s_per_update']:.3f} | "
-                     f"{eager[(r['case'], r['H_prime'])] / r['s_per_update']:.2f}x | {r['world_model_s']:.3f} | "
-                     f"{r['actor_critic_s']:.3f} | {r['rssm_unroll_s']:.3f} | {r['imagination_s']:.3f} |")
-    lines += ["", "First compile-backend update, compilation included: " + ", ".join(
-        f"{r['case']} {r['first_update_with_compilation_s']:.0f} s" for r in rows
-        if r.get("first_update_with_compilation_s"))]
+        lines.append(
+            f"| {r['case']} | {r['H_prime']} | {r['mode']} | {r['s_per_update']:.3f} | "
+            f"{eager[(r['case'], r['H_prime'])] / r['s_per_update']:.2f}x | {r['world_model_s']:.3f} | "
+            f"{r['actor_critic_s']:.3f} | {r['rssm_unroll_s']:.3f} | {r['imagination_s']:.3f} |"
+        )
+    lines += [
+        "",
+        "First compile-backend update, compilation included: "
+        + ", ".join(
+            f"{r['case']} {r['first_update_with_compilation_s']:.0f} s"
+            for r in rows
+            if r.get("first_update_with_compilation_s")
+        ),
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     tag = "quick" if args.quick else "cpu"

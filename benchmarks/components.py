@@ -22,8 +22,9 @@ import copy
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,7 @@ from sb3_mamba.kernels.layers import pad_wide_heads
 from sb3_mamba.world_model import WorldModel
 
 RESULTS = Path(__file__).with_name("results")
-PAPER = dict(units=128, head_layers=2, encoder_units=512, encoder_layers=4, deter=512, stoch=16, classes=16,
-             hidden=64)
+PAPER = dict(units=128, head_layers=2, encoder_units=512, encoder_layers=4, deter=512, stoch=16, classes=16, hidden=64)
 QUICK = dict(units=16, head_layers=1, encoder_units=16, encoder_layers=1, deter=32, stoch=4, classes=4, hidden=8)
 
 
@@ -92,22 +92,27 @@ def section_observe(sizes: dict, steps: int, batch: int, rounds: int) -> list[di
         def run():
             post, prior = observe(rssm, embed, action, is_first)
             (post["deter"].sum() + post["logits"].sum() + prior["logits"].sum()).backward()
+
         return run
 
     medians = interleaved({name: case(fn) for name, fn in observe_paths().items()}, rounds)
-    return [{"component": "posterior unroll", "case": f"B={batch}, T={steps}", "path": name, "s": s}
-            for name, s in medians.items()]
+    return [
+        {"component": "posterior unroll", "case": f"B={batch}, T={steps}", "path": name, "s": s}
+        for name, s in medians.items()
+    ]
 
 
-def section_imagine(sizes: dict, action_space: spaces.Space, label: str, states: int, batch: int, starts: int,
-                    horizon: int, rounds: int) -> list[dict[str, Any]]:
+def section_imagine(
+    sizes: dict, action_space: spaces.Space, label: str, states: int, batch: int, starts: int, horizon: int, rounds: int
+) -> list[dict[str, Any]]:
     action_dim = int(action_space.n) if isinstance(action_space, spaces.Discrete) else action_space.shape[0]
     wm = WorldModel(spaces.Box(-1, 1, (4,), np.float32), action_dim=action_dim, **sizes)
     ac = ActorCritic(wm.rssm.feat_dim, action_space, units=sizes["units"], layers=2)
     torch.manual_seed(0)
     deter = torch.randn(batch * states, sizes["deter"])
-    stoch = torch.nn.functional.one_hot(torch.randint(sizes["classes"], (batch * states, sizes["stoch"])),
-                                        sizes["classes"]).float()
+    stoch = torch.nn.functional.one_hot(
+        torch.randint(sizes["classes"], (batch * states, sizes["stoch"])), sizes["classes"]
+    ).float()
     index = (torch.randint(states, (batch, starts // batch)) + states * torch.arange(batch)[:, None]).flatten()
     start = ImaginationStarts(deter, stoch, index)
     padded_wm, padded_ac = copy.deepcopy(wm), copy.deepcopy(ac)
@@ -119,14 +124,23 @@ def section_imagine(sizes: dict, action_space: spaces.Space, label: str, states:
         world_model, actor_critic = (padded_wm, padded_ac) if native else (wm, ac)
 
         def run():
-            actor_loss, critic_loss, _ = actor_critic.losses(world_model, start, horizon, 0.997, 0.95, 3e-4,
-                                                             imagine=imagine)
+            actor_loss, critic_loss, _ = actor_critic.losses(
+                world_model, start, horizon, 0.997, 0.95, 3e-4, imagine=imagine
+            )
             (actor_loss + critic_loss).backward()
+
         return run
 
     medians = interleaved({name: case(fn) for name, fn in imagine_paths().items()}, rounds)
-    return [{"component": f"imagination ({label})", "case": f"N={starts}, M={batch * states}, h={horizon}",
-             "path": name, "s": s} for name, s in medians.items()]
+    return [
+        {
+            "component": f"imagination ({label})",
+            "case": f"N={starts}, M={batch * states}, h={horizon}",
+            "path": name,
+            "s": s,
+        }
+        for name, s in medians.items()
+    ]
 
 
 def main() -> None:
@@ -141,14 +155,20 @@ def main() -> None:
     rounds = 2 if args.quick else args.rounds
     rows = section_observe(sizes, prefix + 1, batch, rounds)
     rows += section_imagine(sizes, spaces.Discrete(4), "discrete, Rooms", prefix + 1, batch, starts, 1, rounds)
-    rows += section_imagine(sizes, spaces.Box(-1, 1, (2,), np.float32), "continuous, PRN", prefix + 1, batch,
-                            starts, 1, rounds)
-    lines = [f"# Fast paths against eager, per component: {describe(info)}", "",
-             "| component | case | path | s (forward + backward) | x eager |", "|---|---|---|---|---|"]
+    rows += section_imagine(
+        sizes, spaces.Box(-1, 1, (2,), np.float32), "continuous, PRN", prefix + 1, batch, starts, 1, rounds
+    )
+    lines = [
+        f"# Fast paths against eager, per component: {describe(info)}",
+        "",
+        "| component | case | path | s (forward + backward) | x eager |",
+        "|---|---|---|---|---|",
+    ]
     eager = {r["component"]: r["s"] for r in rows if r["path"] == "eager"}
     for r in rows:
-        lines.append(f"| {r['component']} | {r['case']} | {r['path']} | {r['s']:.4f} | "
-                     f"{eager[r['component']] / r['s']:.2f}x |")
+        lines.append(
+            f"| {r['component']} | {r['case']} | {r['path']} | {r['s']:.4f} | {eager[r['component']] / r['s']:.2f}x |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     tag = "quick" if args.quick else "cpu"

@@ -28,8 +28,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the table as JSON here")
     args = parser.parse_args()
 
-    print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-          f"{args.episodes} meta-episodes per policy")
+    print(
+        f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"{args.episodes} meta-episodes per policy"
+    )
     print("| env | H | random return | oracle return | env steps/s (random) |")
     print("|---|---|---|---|---|")
     rows = []
@@ -40,16 +42,23 @@ def main() -> None:
             oracle, _, _ = play_scripted(env, "oracle", args.episodes)
         except NotImplementedError:  # Humanoid-Dir: no scripted walker
             oracle = None
-        rows.append({
-            "env": env_id, "horizon": env.unwrapped.horizon,
-            "random_mean": float(random.mean()), "random_std": float(random.std()),
-            "oracle_mean": None if oracle is None else float(oracle.mean()),
-            "oracle_std": None if oracle is None else float(oracle.std()),
-            "env_steps_per_s": random_sps,
-        })
+        rows.append(
+            {
+                "env": env_id,
+                "horizon": env.unwrapped.horizon,
+                "random_mean": float(random.mean()),
+                "random_std": float(random.std()),
+                "oracle_mean": None if oracle is None else float(oracle.mean()),
+                "oracle_std": None if oracle is None else float(oracle.std()),
+                "env_steps_per_s": random_sps,
+            }
+        )
         oracle_text = "-" if oracle is None else f"{oracle.mean():.1f} +- {oracle.std():.1f}"
-        print(f"| {env_id} | {env.unwrapped.horizon} | {random.mean():.1f} +- {random.std():.1f} "
-              f"| {oracle_text} | {random_sps:,.0f} |", flush=True)
+        print(
+            f"| {env_id} | {env.unwrapped.horizon} | {random.mean():.1f} +- {random.std():.1f} "
+            f"| {oracle_text} | {random_sps:,.0f} |",
+            flush=True,
+        )
         env.close()
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

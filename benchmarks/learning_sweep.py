@@ -47,8 +47,13 @@ def run(job: tuple[str, int, int, int, str]) -> dict:
         model.learn(budget // points, reset_num_timesteps=(i == 0))
         mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=50, deterministic=True)
         curve.append((model.num_timesteps, float(mean)))
-    return {"variant": name, "seed": seed, "curve": curve, "minutes": (time.time() - start) / 60,
-            "updates": model._n_updates}
+    return {
+        "variant": name,
+        "seed": seed,
+        "curve": curve,
+        "minutes": (time.time() - start) / 60,
+        "updates": model._n_updates,
+    }
 
 
 def main() -> None:

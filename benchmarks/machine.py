@@ -35,5 +35,7 @@ def machine_info() -> dict[str, object]:
 def describe(info: dict[str, object] | None = None) -> str:
     info = info or machine_info()
     extensions = ", ".join(info["vector_extensions"]) or "none of " + ", ".join(_VECTOR_FLAGS[:3])
-    return (f"{info['cpu']} ({extensions}); {info['cores']} cores; torch {info['torch']}, "
-            f"{info['torch_threads']} threads" + (f"; GPU {info['cuda']}" if info["cuda"] else ""))
+    return (
+        f"{info['cpu']} ({extensions}); {info['cores']} cores; torch {info['torch']}, "
+        f"{info['torch_threads']} threads" + (f"; GPU {info['cuda']}" if info["cuda"] else "")
+    )

@@ -47,7 +47,7 @@ HORIZON = 300  # PRN: K x T = 3 x 100
 
 #: Run with the reference's virtualenv, cwd a temporary copy of its code: trains its WorldModel on the
 #: data file and prints one JSON line per probe.
-REFERENCE_SIDE = r'''
+REFERENCE_SIDE = r"""
 import json, pathlib, sys, time
 import numpy as np, torch, ruamel.yaml as yaml, gym
 import tools, models
@@ -92,7 +92,7 @@ for update in range(1, updates + 1):
     world_model._train(batch(rng.integers(len(reward), size=16)))
     if update % every == 0:
         probe(update, time.time() - start)
-'''
+"""
 
 
 def collect(episodes: int, seed: int) -> dict[str, np.ndarray]:
@@ -107,8 +107,13 @@ def collect(episodes: int, seed: int) -> dict[str, np.ndarray]:
 def run_ours(data: dict[str, np.ndarray], updates: int, every: int, seed: int) -> list[dict[str, float]]:
     """Train our world model alone (the reference's PRN settings) and probe it every ``every`` updates."""
     env = make_vec_env("MetaPointRobot-v0", n_envs=1, seed=seed)
-    model = MAMBA("RSSMPolicy", env, seed=seed, wm_horizon_initial=HORIZON,
-                  policy_kwargs=dict(encoder_units=512, encoder_layers=4))
+    model = MAMBA(
+        "RSSMPolicy",
+        env,
+        seed=seed,
+        wm_horizon_initial=HORIZON,
+        policy_kwargs=dict(encoder_units=512, encoder_layers=4),
+    )
     world_model, optimizer = model.policy.world_model, model.policy.model_optimizer
     obs = torch.as_tensor(data["obs"])
     action, reward = torch.as_tensor(data["action"]), torch.as_tensor(data["reward"])
@@ -120,28 +125,39 @@ def run_ours(data: dict[str, np.ndarray], updates: int, every: int, seed: int) -
     def probe(update: int, seconds: float) -> dict[str, float]:
         with torch.no_grad():
             inputs = world_model.preprocess(obs[:, :length])
-            post, prior = world_model.rssm.observe(world_model.encode(inputs), action[:, :length],
-                                                    is_first[:, :length])
+            post, prior = world_model.rssm.observe(world_model.encode(inputs), action[:, :length], is_first[:, :length])
             feat = RSSM.feat(post)  # (N, H, F)
             predicted = world_model.two_hot.mean(world_model.reward_head(feat))  # (N, H)
             decoded = world_model.vector_decoder(feat)  # (N, H, 4)
-            kl = categorical_kl(unimix_probs(post["logits"], world_model.rssm.unimix),
-                                unimix_probs(prior["logits"], world_model.rssm.unimix))  # (N, H)
+            kl = categorical_kl(
+                unimix_probs(post["logits"], world_model.rssm.unimix),
+                unimix_probs(prior["logits"], world_model.rssm.unimix),
+            )  # (N, H)
         rewarded = reward[:, :length] > 0
         reward_error = (decoded[..., 2] - symlog(inputs["vector"][..., 2])) ** 2
-        return {"update": update, "reward_pred_rewarded": predicted[rewarded].mean().item(),
-                "reward_pred_unrewarded": predicted[~rewarded].mean().item(),
-                "decoder_reward_sq_error_rewarded": reward_error[rewarded].mean().item(),
-                "kl_per_step": kl.mean().item(), "seconds": seconds}
+        return {
+            "update": update,
+            "reward_pred_rewarded": predicted[rewarded].mean().item(),
+            "reward_pred_unrewarded": predicted[~rewarded].mean().item(),
+            "decoder_reward_sq_error_rewarded": reward_error[rewarded].mean().item(),
+            "kl_per_step": kl.mean().item(),
+            "seconds": seconds,
+        }
 
     rows = [probe(0, 0.0)]
     start = time.time()
     for update in range(1, updates + 1):
         picks = torch.as_tensor(rng.integers(len(reward), size=16))
         inputs = world_model.preprocess(obs[picks, :length])
-        loss, _, _ = world_model.loss(inputs, action[picks, :length], reward[picks, :length],
-                                      torch.zeros(16, length, dtype=torch.bool), is_first[picks, :length],
-                                      torch.ones(16, length, dtype=torch.bool), num_indices=64)
+        loss, _, _ = world_model.loss(
+            inputs,
+            action[picks, :length],
+            reward[picks, :length],
+            torch.zeros(16, length, dtype=torch.bool),
+            is_first[picks, :length],
+            torch.ones(16, length, dtype=torch.bool),
+            num_indices=64,
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(world_model.parameters(), model.model_grad_clip)
@@ -161,9 +177,21 @@ def run_reference(data_file: pathlib.Path, updates: int, every: int, seed: int) 
         shutil.copytree(REFBENCH / "code", work, dirs_exist_ok=True)
         (pathlib.Path(work) / "ab_side.py").write_text(REFERENCE_SIDE)
         env = {**os.environ, "PYTHONPATH": str(REFBENCH / "shim")}
-        out = subprocess.run([str(python), "ab_side.py", str(data_file), str(updates), str(every),
-                              str(torch.get_num_threads()), str(seed)],
-                             cwd=work, env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                str(python),
+                "ab_side.py",
+                str(data_file),
+                str(updates),
+                str(every),
+                str(torch.get_num_threads()),
+                str(seed),
+            ],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
     if out.returncode:
         raise SystemExit(f"The reference side failed:\n{out.stderr[-3000:]}")
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -187,10 +215,15 @@ def write_report(results: dict, path: pathlib.Path) -> None:
     reference = {row["update"]: row for row in results.get("reference", [])}
     for row in results.get("ours", []):
         ref = reference.get(row["update"], {})
-        cells = [f"{row['update']}", f"{row['reward_pred_rewarded']:.3f}", f"{row['reward_pred_unrewarded']:.4f}",
-                 f"{row['decoder_reward_sq_error_rewarded']:.3f}", f"{row['kl_per_step']:.2f}",
-                 f"{ref['reward_pred_rewarded']:.3f}" if ref else "-",
-                 f"{ref['reward_pred_unrewarded']:.4f}" if ref else "-"]
+        cells = [
+            f"{row['update']}",
+            f"{row['reward_pred_rewarded']:.3f}",
+            f"{row['reward_pred_unrewarded']:.4f}",
+            f"{row['decoder_reward_sq_error_rewarded']:.3f}",
+            f"{row['kl_per_step']:.2f}",
+            f"{ref['reward_pred_rewarded']:.3f}" if ref else "-",
+            f"{ref['reward_pred_unrewarded']:.4f}" if ref else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Machine: {describe(results['machine'])}.", ""]
     path.write_text("\n".join(lines))
@@ -210,9 +243,14 @@ def main(argv: list[str] | None = None) -> None:
     print(describe(info), flush=True)
     data = collect(args.episodes, args.seed)
     rewarded = data["reward"] > 0
-    results: dict = {"episodes": args.episodes, "updates": args.updates, "seed": args.seed, "machine": info,
-                     "rewarded_fraction": float(rewarded.mean()),
-                     "mean_reward_rewarded": float(data["reward"][rewarded].mean())}
+    results: dict = {
+        "episodes": args.episodes,
+        "updates": args.updates,
+        "seed": args.seed,
+        "machine": info,
+        "rewarded_fraction": float(rewarded.mean()),
+        "mean_reward_rewarded": float(data["reward"][rewarded].mean()),
+    }
     with tempfile.TemporaryDirectory() as work:
         data_file = pathlib.Path(work) / "prn_random.npz"
         np.savez(data_file, **data)

@@ -24,13 +24,32 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", default=["mamba", "dreamer_tune", "ppo_lstm"])
     parser.add_argument("--logs", default="logs")
     parser.add_argument("--out", default="results/rooms3")
-    parser.add_argument("--append", action="store_true",
-                        help="keep runs already in --logs as extra seeds (without it a second call refuses)")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep runs already in --logs as extra seeds (without it a second call refuses)",
+    )
     args = parser.parse_args()
     steps = 800 if args.debug else args.steps
-    argv = ["--env", "MetaRooms-3-v0", "-f", args.logs, "-o", args.out, "--algos", *args.algos, "--train",
-            "--seeds", str(args.seeds), "-n", str(steps), "--eval-freq", str(max(steps // 4, 200)),
-            "--eval-episodes", "2" if args.debug else "20"]
+    argv = [
+        "--env",
+        "MetaRooms-3-v0",
+        "-f",
+        args.logs,
+        "-o",
+        args.out,
+        "--algos",
+        *args.algos,
+        "--train",
+        "--seeds",
+        str(args.seeds),
+        "-n",
+        str(steps),
+        "--eval-freq",
+        str(max(steps // 4, 200)),
+        "--eval-episodes",
+        "2" if args.debug else "20",
+    ]
     if args.debug:
         argv += ["--conf-dir", str(HYPERPARAMS / "debug")]
     if args.append:

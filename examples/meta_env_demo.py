@@ -10,8 +10,8 @@ reference a meta-RL agent (which must first find the task) tries to approach.
 from __future__ import annotations
 
 import argparse
+
 import gymnasium as gym
-import numpy as np
 
 import sb3_mamba_envs  # noqa: F401  (registers the IDs)
 from sb3_mamba_envs.oracles import oracle_policy, play_scripted

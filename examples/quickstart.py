@@ -1,7 +1,7 @@
 """Quickstart: train MAMBA, evaluate it, save it, load it, and act with its recurrent state.
 
-    python examples/quickstart.py                 # ~3 minutes on a 2-core CPU
-    python examples/quickstart.py --steps 300     # a smoke run
+python examples/quickstart.py                 # ~3 minutes on a 2-core CPU
+python examples/quickstart.py --steps 300     # a smoke run
 """
 
 from __future__ import annotations

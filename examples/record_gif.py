@@ -1,7 +1,7 @@
 """Record a trained agent's meta-episode as a GIF, each sub-episode's trail in its own colour (paper Fig. 1).
 
-    python examples/record_gif.py --model mamba_quickstart.zip --env MetaRooms-1-v0 --sub-episode-length 10
-    python examples/record_gif.py --model logs/mamba/MetaRooms-3-v0_1/MetaRooms-3-v0.zip --env MetaRooms-3-v0
+python examples/record_gif.py --model mamba_quickstart.zip --env MetaRooms-1-v0 --sub-episode-length 10
+python examples/record_gif.py --model logs/mamba/MetaRooms-3-v0_1/MetaRooms-3-v0.zip --env MetaRooms-3-v0
 """
 
 from __future__ import annotations

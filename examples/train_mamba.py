@@ -26,6 +26,7 @@ from sb3_mamba import MAMBA
 from sb3_mamba.presets import CPU_QUICKSTART
 from sb3_mamba_envs.oracles import play_scripted
 
+
 def clearly_above(mean: float, std: float, num_tasks: int, random_returns: np.ndarray) -> tuple[bool, float, float]:
     """Whether MAMBA's mean return (``std`` over ``num_tasks`` tasks) beats the random policy's by more
     than two standard errors of the difference: both means are estimates, so both spreads count.
@@ -60,24 +61,33 @@ def main() -> None:
     single = gym.make(args.env, **env_kwargs)
     random_returns, _, _ = play_scripted(single, "random", 100, seed=args.seed)
     oracle_returns, _, _ = play_scripted(single, "oracle", 100, seed=args.seed)
-    print(f"{args.env} (K={single.unwrapped.num_sub_episodes} x T={single.unwrapped.sub_episode_length}), "
-          f"preset {args.preset}, device {model.device}, {torch.get_num_threads()} torch threads")
-    print(f"random policy: {random_returns.mean():7.2f}   task-aware oracle: {oracle_returns.mean():7.2f}"
-          "   (mean meta-episode return over 100 tasks)")
+    print(
+        f"{args.env} (K={single.unwrapped.num_sub_episodes} x T={single.unwrapped.sub_episode_length}), "
+        f"preset {args.preset}, device {model.device}, {torch.get_num_threads()} torch threads"
+    )
+    print(
+        f"random policy: {random_returns.mean():7.2f}   task-aware oracle: {oracle_returns.mean():7.2f}"
+        "   (mean meta-episode return over 100 tasks)"
+    )
     print(f"{'env steps':>10s} {'updates':>8s} {'minutes':>8s} {'MAMBA return (30 tasks)':>26s}")
     start = time.time()
     chunk = args.steps // args.evals
     for i in range(args.evals):
         model.learn(chunk, reset_num_timesteps=(i == 0))
         mean, std = evaluate_policy(model, eval_env, n_eval_episodes=30)
-        print(f"{model.num_timesteps:10d} {model._n_updates:8d} {(time.time() - start) / 60:8.1f} "
-              f"{mean:18.2f} +- {std:5.2f}", flush=True)
+        print(
+            f"{model.num_timesteps:10d} {model._n_updates:8d} {(time.time() - start) / 60:8.1f} "
+            f"{mean:18.2f} +- {std:5.2f}",
+            flush=True,
+        )
     model.save(args.save)
     print(f"saved to {args.save}; reload with MAMBA.load({args.save!r})")
     above, gap, two_errors = clearly_above(mean, std, 30, random_returns)
     verdict = "clearly above" if above else "not clearly above"
-    print(f"final return {mean:.2f}: {verdict} the random policy's {random_returns.mean():.2f} "
-          f"(difference {gap:.2f}, two standard errors {two_errors:.2f})")
+    print(
+        f"final return {mean:.2f}: {verdict} the random policy's {random_returns.mean():.2f} "
+        f"(difference {gap:.2f}, two standard errors {two_errors:.2f})"
+    )
 
 
 if __name__ == "__main__":

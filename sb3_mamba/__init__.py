@@ -15,8 +15,20 @@ from sb3_mamba.policies import RSSMPolicy
 from sb3_mamba.presets import PRESETS
 from sb3_mamba.safe_load import UnsafeFileError
 
-__all__ = ["MAMBA", "RSSMPolicy", "PRESETS", "NonFiniteError", "NonFiniteLossError", "CheckpointError",
-           "UnsafeFileError", "latest_checkpoint", "evaluate_meta_policy", "MetaEvalResult", "MetaEvalCallback",
-           "export_onnx", "initial_onnx_state"]
+__all__ = [
+    "MAMBA",
+    "PRESETS",
+    "CheckpointError",
+    "MetaEvalCallback",
+    "MetaEvalResult",
+    "NonFiniteError",
+    "NonFiniteLossError",
+    "RSSMPolicy",
+    "UnsafeFileError",
+    "evaluate_meta_policy",
+    "export_onnx",
+    "initial_onnx_state",
+    "latest_checkpoint",
+]
 #: stated once, in sb3_mamba/version.txt (pyproject.toml reads the same file)
 __version__ = (_Path(__file__).parent / "version.txt").read_text(encoding="utf-8").strip()

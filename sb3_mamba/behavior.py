@@ -17,9 +17,10 @@ imagination horizon, ``F`` feature size, ``A`` action size (``docs/shapes.md``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for p, flag in zip(module.parameters(), flags):
+        for p, flag in zip(module.parameters(), flags, strict=True):
             p.requires_grad_(flag)
 
 
@@ -127,7 +128,7 @@ class ImaginationStarts:
         return x if self.index is None else x[self.index]
 
     @classmethod
-    def of(cls, start: "ImaginationStarts | State") -> "ImaginationStarts":
+    def of(cls, start: ImaginationStarts | State) -> ImaginationStarts:
         return start if isinstance(start, cls) else cls(start["deter"], start["stoch"])
 
 
@@ -140,8 +141,16 @@ class ActorCritic(nn.Module):
     :param units, layers: MLP width and depth of actor and critic (MAMBA 128 x 2).
     """
 
-    def __init__(self, feat_dim: int, action_space: spaces.Space, units: int = 128, layers: int = 2,
-                 actor_unimix: float = 0.01, min_std: float = 0.1, max_std: float = 1.0):
+    def __init__(
+        self,
+        feat_dim: int,
+        action_space: spaces.Space,
+        units: int = 128,
+        layers: int = 2,
+        actor_unimix: float = 0.01,
+        min_std: float = 0.1,
+        max_std: float = 1.0,
+    ):
         super().__init__()
         self.discrete = isinstance(action_space, spaces.Discrete)
         self.action_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
@@ -173,7 +182,7 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def update_slow_critic(self, fraction: float) -> None:
-        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
             slow.lerp_(fast, fraction)
 
     def imagine(self, world_model: WorldModel, start: ImaginationStarts, horizon: int) -> Imagination:
@@ -210,15 +219,27 @@ class ActorCritic(nn.Module):
             # (h, N)
             slow_value = self.two_hot.mean(self.slow_critic(feat[:-1]))
         return Imagination(
-            reward=reward, cont=cont[1:], start_cont=cont[0].detach(),
+            reward=reward,
+            cont=cont[1:],
+            start_cont=cont[0].detach(),
             value=value,
-            critic_logits=self.critic(feat[:-1].detach()), slow_value=slow_value,
-            actor_out=torch.stack(actor_out), actions=torch.stack(actions),
+            critic_logits=self.critic(feat[:-1].detach()),
+            slow_value=slow_value,
+            actor_out=torch.stack(actor_out),
+            actions=torch.stack(actions),
         )
 
-    def losses(self, world_model: WorldModel, start: ImaginationStarts | State, horizon: int, discount: float,
-               lam: float, entropy: float, slow_reg: float = 1.0,
-               imagine: Callable[[ActorCritic, WorldModel, ImaginationStarts, int], Imagination] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def losses(
+        self,
+        world_model: WorldModel,
+        start: ImaginationStarts | State,
+        horizon: int,
+        discount: float,
+        lam: float,
+        entropy: float,
+        slow_reg: float = 1.0,
+        imagine: Callable[[ActorCritic, WorldModel, ImaginationStarts, int], Imagination] | None = None,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Actor and critic losses from imagined rollouts of ``horizon`` steps from ``start`` (N starts).
 
         :param world_model: the :class:`~sb3_mamba.world_model.WorldModel` (frozen here).
@@ -232,8 +253,9 @@ class ActorCritic(nn.Module):
             fast path of :meth:`imagine` (None: :meth:`imagine` itself).
         """
         start = ImaginationStarts.of(start)
-        imagination = self.imagine(world_model, start, horizon) if imagine is None else imagine(
-            self, world_model, start, horizon)
+        imagination = (
+            self.imagine(world_model, start, horizon) if imagine is None else imagine(self, world_model, start, horizon)
+        )
         return behavior_losses(imagination, self, discount, lam, entropy, slow_reg)
 
 
@@ -258,8 +280,9 @@ class Imagination(NamedTuple):
     actions: Tensor
 
 
-def behavior_losses(imagination: Imagination, actor_critic: ActorCritic, discount: float, lam: float,
-                    entropy: float, slow_reg: float) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def behavior_losses(
+    imagination: Imagination, actor_critic: ActorCritic, discount: float, lam: float, entropy: float, slow_reg: float
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """The actor's and the critic's losses of one :class:`Imagination` (updates the return normaliser)."""
     im, two_hot = imagination, actor_critic.two_hot
     # (h, N)

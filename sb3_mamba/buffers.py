@@ -21,8 +21,9 @@ stored entries; the oldest meta-episodes are dropped first. :meth:`to_arrays` /
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -105,8 +106,9 @@ class MetaEpisodeBuffer:
             return one_hot
         return np.asarray(action, dtype=np.float32).reshape(self.action_dim)
 
-    def add(self, obs: Obs, next_obs: Obs, action: np.ndarray, reward: np.ndarray,
-            terminated: np.ndarray, done: np.ndarray) -> None:
+    def add(
+        self, obs: Obs, next_obs: Obs, action: np.ndarray, reward: np.ndarray, terminated: np.ndarray, done: np.ndarray
+    ) -> None:
         """Record one vectorised step of all ``n_envs`` envs.
 
         ``obs`` is what each env showed before acting; ``next_obs`` what it showed
@@ -118,13 +120,15 @@ class MetaEpisodeBuffer:
             if self._open[i] is None:
                 zero_action = np.zeros(self.action_dim, dtype=np.float32)
                 # np.array copies: VecEnvs reuse their observation arrays
-                self._open[i] = [(_map(lambda v: np.array(v[i]), obs), zero_action, 0.0, False)]
-            self._open[i].append((
-                _map(lambda v: np.array(v[i]), next_obs),
-                self._action_vector(action[i]),
-                float(reward[i]),
-                bool(terminated[i]),
-            ))
+                self._open[i] = [(_map(lambda v, i=i: np.array(v[i]), obs), zero_action, 0.0, False)]
+            self._open[i].append(
+                (
+                    _map(lambda v, i=i: np.array(v[i]), next_obs),
+                    self._action_vector(action[i]),
+                    float(reward[i]),
+                    bool(terminated[i]),
+                )
+            )
             if done[i]:
                 self._store(self._open[i])
                 self._open[i] = None
@@ -181,7 +185,7 @@ class MetaEpisodeBuffer:
             if not dtype_ok:
                 raise ValueError(f"'{prefix}/{name}' has dtype {array.dtype}, expected {dtype}.")
             key = name.partition("/")[2]
-            for episode, part in zip(episodes, np.split(array, np.cumsum(lengths)[:-1])):
+            for episode, part in zip(episodes, np.split(array, np.cumsum(lengths)[:-1]), strict=True):
                 if key:
                     episode["obs"][key] = part.copy()
                 else:
@@ -209,8 +213,9 @@ class MetaEpisodeBuffer:
         }
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], observation_space: spaces.Space,
-                    action_space: spaces.Space) -> MetaEpisodeBuffer:
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], observation_space: spaces.Space, action_space: spaces.Space
+    ) -> MetaEpisodeBuffer:
         """Rebuild the buffer that :meth:`to_arrays` described.
 
         :param arrays: the arrays of :meth:`to_arrays` (further names are ignored).
@@ -232,13 +237,21 @@ class MetaEpisodeBuffer:
         buffer.num_episodes_added = counters["num_episodes_added"]
         envs = arrays["open/env"]
         unfinished = buffer._split("open", arrays)
-        if envs.shape != (len(unfinished),) or envs.dtype.kind not in "iu" or len(set(envs.tolist())) != len(envs) \
-                or not ((0 <= envs) & (envs < buffer.n_envs)).all():
+        if (
+            envs.shape != (len(unfinished),)
+            or envs.dtype.kind not in "iu"
+            or len(set(envs.tolist())) != len(envs)
+            or not ((0 <= envs) & (envs < buffer.n_envs)).all()
+        ):
             raise ValueError(f"'open/env' must name {len(unfinished)} distinct envs of {buffer.n_envs}, got {envs!r}.")
-        for env, episode in zip(envs.tolist(), unfinished):
+        for env, episode in zip(envs.tolist(), unfinished, strict=True):
             buffer._open[env] = [
-                (_map(lambda v: v[t], episode["obs"]), episode["action"][t], float(episode["reward"][t]),
-                 bool(episode["terminated"][t]))
+                (
+                    _map(lambda v, t=t: v[t], episode["obs"]),
+                    episode["action"][t],
+                    float(episode["reward"][t]),
+                    bool(episode["terminated"][t]),
+                )
                 for t in range(len(episode["reward"]))
             ]
         return buffer
@@ -251,8 +264,10 @@ class MetaEpisodeBuffer:
     @property
     def nbytes(self) -> int:
         """Bytes of array data held: stored meta-episodes plus unfinished ones (``train/buffer_bytes``)."""
-        stored = sum(_nbytes(ep["obs"]) + ep["action"].nbytes + ep["reward"].nbytes + ep["terminated"].nbytes
-                     for ep in self.episodes)
+        stored = sum(
+            _nbytes(ep["obs"]) + ep["action"].nbytes + ep["reward"].nbytes + ep["terminated"].nbytes
+            for ep in self.episodes
+        )
         # an unfinished entry holds its observation and action arrays (reward and flag are Python scalars;
         # counted at their stored size)
         unfinished = sum(_nbytes(e[0]) + e[1].nbytes + 5 for entries in self._open if entries for e in entries)
@@ -262,7 +277,7 @@ class MetaEpisodeBuffer:
         """Copy ``length`` entries from (episode index, start) pairs into one padded batch."""
         batch_size = len(picks)
         first = self.episodes[picks[0][0]]
-        obs = _map(lambda v: np.zeros((batch_size, length) + v.shape[1:], dtype=v.dtype), first["obs"])
+        obs = _map(lambda v: np.zeros((batch_size, length, *v.shape[1:]), dtype=v.dtype), first["obs"])
         action = np.zeros((batch_size, length, self.action_dim), dtype=np.float32)
         reward = np.zeros((batch_size, length), dtype=np.float32)
         terminated = np.zeros((batch_size, length), dtype=bool)
@@ -274,12 +289,12 @@ class MetaEpisodeBuffer:
             n = min(length, len(episode["reward"]) - start)
             if isinstance(obs, dict):
                 for key in obs:
-                    obs[key][b, :n] = episode["obs"][key][start:start + n]
+                    obs[key][b, :n] = episode["obs"][key][start : start + n]
             else:
-                obs[b, :n] = episode["obs"][start:start + n]
-            action[b, :n] = episode["action"][start:start + n]
-            reward[b, :n] = episode["reward"][start:start + n]
-            terminated[b, :n] = episode["terminated"][start:start + n]
+                obs[b, :n] = episode["obs"][start : start + n]
+            action[b, :n] = episode["action"][start : start + n]
+            reward[b, :n] = episode["reward"][start : start + n]
+            terminated[b, :n] = episode["terminated"][start : start + n]
             mask[b, :n] = True
         return MetaEpisodeBatch(obs, action, reward, terminated, is_first, mask)
 

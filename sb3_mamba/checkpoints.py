@@ -31,7 +31,8 @@ import random
 import re
 import tempfile
 import zipfile
-from typing import TYPE_CHECKING, Any, Callable, BinaryIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
@@ -134,8 +135,12 @@ def check_model_file(path: str | pathlib.Path | Any) -> None:
         raise CheckpointError(
             f"{path} has checkpoint format {version!r}; this sb3-mamba reads formats <= {CHECKPOINT_FORMAT}: upgrade."
         )
-    missing = {"policy.pth", "policy.model_optimizer.pth", "policy.actor_optimizer.pth",
-               "policy.critic_optimizer.pth"} - names
+    missing = {
+        "policy.pth",
+        "policy.model_optimizer.pth",
+        "policy.actor_optimizer.pth",
+        "policy.critic_optimizer.pth",
+    } - names
     if missing:
         raise CheckpointError(f"{path} is incomplete: missing {sorted(missing)}.")
 
@@ -148,7 +153,9 @@ def _saved_class_name(entry: Any) -> str:
     return f"{entry.get('__module__', '?')}.{match.group(1) if match else '?'}"
 
 
-def latest_checkpoint(save_path: str | pathlib.Path, name_prefix: str = "rl_model") -> tuple[pathlib.Path, pathlib.Path | None] | None:
+def latest_checkpoint(
+    save_path: str | pathlib.Path, name_prefix: str = "rl_model"
+) -> tuple[pathlib.Path, pathlib.Path | None] | None:
     """The newest ``CheckpointCallback`` checkpoint in ``save_path``: ``(model_zip, replay_buffer_pkl)``.
 
     Prefers the newest step with *both* files (a run killed between writing the

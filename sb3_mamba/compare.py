@@ -106,11 +106,10 @@ def smooth(steps: np.ndarray, values: np.ndarray, window: int) -> tuple[np.ndarr
     values = np.bincount(inverse, weights=values) / np.bincount(inverse)
     width = smoothing_window(len(values), window)
     averaged = np.convolve(values, np.ones(width) / width, mode="valid")
-    return steps[width - 1:], averaged
+    return steps[width - 1 :], averaged
 
 
-def mean_and_ci(scores: np.ndarray, reps: int = 2000,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_and_ci(scores: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over runs of ``scores`` (runs, points) and its 95% CI per point, as rliable computes it.
 
     rliable's ``get_interval_estimates`` (stratified bootstrap over runs, percentile intervals) with
@@ -129,8 +128,11 @@ def mean_and_ci(scores: np.ndarray, reps: int = 2000,
         with warnings.catch_warnings():  # arch: "random_state is deprecated" (rliable passes it on)
             warnings.simplefilter("ignore", FutureWarning)
             points, intervals = rly.get_interval_estimates(
-                {"runs": scores[:, None, :]}, lambda x: x.mean(axis=(0, 1)), reps=reps,
-                random_state=np.random.RandomState(seed))
+                {"runs": scores[:, None, :]},
+                lambda x: x.mean(axis=(0, 1)),
+                reps=reps,
+                random_state=np.random.RandomState(seed),
+            )
     finally:
         np.random.set_state(global_state)
     return points["runs"], intervals["runs"][0], intervals["runs"][1]
@@ -156,8 +158,9 @@ def sub_episode_figure(curves_by_algo: dict[str, list], env_id: str, window: int
             start, end = max(x[0] for x, _ in smoothed), min(x[-1] for x, _ in smoothed)
             grid = np.linspace(start, end, 50) if end > start else np.array([end])
             mean, low, high = mean_and_ci(np.stack([np.interp(grid, x, y) for x, y in smoothed]))
-            line, = axes[0, k].plot(grid, mean, marker="o" if len(grid) == 1 else None,
-                                    label=f"{algo} ({len(curves)} seeds)")
+            (line,) = axes[0, k].plot(
+                grid, mean, marker="o" if len(grid) == 1 else None, label=f"{algo} ({len(curves)} seeds)"
+            )
             axes[0, k].fill_between(grid, low, high, alpha=0.2, color=line.get_color())
     for k in range(num_sub):
         axes[0, k].set_title(f"sub-episode {k + 1}")
@@ -179,14 +182,19 @@ def plot_sub_episodes(curves_by_algo: dict[str, list], env_id: str, path: Path, 
 
 
 def markdown_table(env_id: str, results: dict[str, tuple[list[float], list[int]]]) -> str:
-    lines = [f"# {env_id}", "",
-             "| algorithm | final return (mean +- std) | 95% bootstrap CI of the mean | seeds | env steps |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# {env_id}",
+        "",
+        "| algorithm | final return (mean +- std) | 95% bootstrap CI of the mean | seeds | env steps |",
+        "|---|---|---|---|---|",
+    ]
     for algo, (returns, steps) in results.items():
         if returns:
             _, low, high = mean_and_ci(np.asarray(returns, dtype=float)[:, None])
-            lines.append(f"| {algo} | {np.mean(returns):.1f} +- {np.std(returns):.1f} | "
-                         f"[{low[0]:.1f}, {high[0]:.1f}] | {len(returns)} | {int(np.mean(steps)):,} |")
+            lines.append(
+                f"| {algo} | {np.mean(returns):.1f} +- {np.std(returns):.1f} | "
+                f"[{low[0]:.1f}, {high[0]:.1f}] | {len(returns)} | {int(np.mean(steps)):,} |"
+            )
         else:
             lines.append(f"| {algo} | no evaluations found | - | 0 | - |")
     return "\n".join(lines) + "\n"
@@ -206,15 +214,30 @@ def zoo_plots(log_dir: Path, algos: list[str], env_id: str, out: Path) -> tuple[
     if not algos:
         return [], [f"rl_zoo3's plots: no runs of {env_id} in {log_dir}"]
     steps = [
-        ("all_plots", ["all_plots", "-a", *algos, "-e", env_id, "-f", str(log_dir), "-o",
-                       str(pkl.with_suffix("")), "--no-display", "-max", str(10**9)], pkl),
+        (
+            "all_plots",
+            [
+                "all_plots",
+                "-a",
+                *algos,
+                "-e",
+                env_id,
+                "-f",
+                str(log_dir),
+                "-o",
+                str(pkl.with_suffix("")),
+                "--no-display",
+                "-max",
+                str(10**9),
+            ],
+            pkl,
+        ),
         ("plot_from_file", ["plot_from_file", "-i", str(pkl), "-o", str(figure), "--format", "png"], figure),
     ]
     written, failures = [], []
     for name, args, path in steps:
         # (stdout, rl_zoo3's tables, goes to ours; stderr is kept for the failure message)
-        done = subprocess.run([sys.executable, "-m", "rl_zoo3.cli", *args], env=env, stderr=subprocess.PIPE,
-                              text=True)
+        done = subprocess.run([sys.executable, "-m", "rl_zoo3.cli", *args], env=env, stderr=subprocess.PIPE, text=True)
         if done.returncode == 0 and path.is_file():
             written.append(path)
             continue
@@ -240,8 +263,7 @@ def learning_curve_figure(runs_by_algo: dict[str, list[Path]], env_id: str):
         length = min(len(c["timesteps"]) for c in curves)  # runs cut to the shortest
         steps = curves[0]["timesteps"][:length]
         mean, low, high = mean_and_ci(np.stack([c["results"][:length].mean(axis=1) for c in curves]))
-        line, = ax.plot(steps, mean, marker="o" if length == 1 else None,
-                        label=f"{algo} ({len(curves)} seeds)")
+        (line,) = ax.plot(steps, mean, marker="o" if length == 1 else None, label=f"{algo} ({len(curves)} seeds)")
         ax.fill_between(steps, low, high, alpha=0.2, color=line.get_color())
     ax.set_title(f"{env_id}: {BAND}", fontsize=10)
     ax.set_xlabel(X_LABEL)
@@ -274,8 +296,10 @@ def run_seed(run: Path) -> int | None:
     class Loader(yaml.SafeLoader):  # rl_zoo3 dumps an OrderedDict: read it as a dict, construct nothing else
         pass
 
-    Loader.add_constructor("tag:yaml.org,2002:python/object/apply:collections.OrderedDict",
-                           lambda loader, node: dict(loader.construct_sequence(node, deep=True)[0]))
+    Loader.add_constructor(
+        "tag:yaml.org,2002:python/object/apply:collections.OrderedDict",
+        lambda loader, node: dict(loader.construct_sequence(node, deep=True)[0]),
+    )
     for path in run.glob("*/args.yml"):
         try:
             seed = yaml.load(path.read_text(), Loader=Loader).get("seed")
@@ -304,18 +328,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-f", "--log-folder", default="logs")
     parser.add_argument("-o", "--output", default="results/compare", help="output prefix")
     parser.add_argument("--train", action="store_true", help="train the runs first with the zoo CLI")
-    parser.add_argument("--append", action="store_true",
-                        help="with --train: keep runs already in the log folder and count them as seeds "
-                             "too; the new runs take seeds no earlier run used (without it, --train refuses "
-                             "to start when there are earlier runs)")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="with --train: keep runs already in the log folder and count them as seeds "
+        "too; the new runs take seeds no earlier run used (without it, --train refuses "
+        "to start when there are earlier runs)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("-n", "--n-timesteps", type=int, default=None)
     parser.add_argument("--eval-freq", type=int, default=10000)
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("-params", "--hyperparams", nargs="*", default=[], help="passed to every zoo run")
-    parser.add_argument("--conf-dir", default=None,
-                        help="folder of <algo>.yml files for --train (default: sb3_mamba/hyperparams/; "
-                             "sb3_mamba/hyperparams/debug for smoke runs)")
+    parser.add_argument(
+        "--conf-dir",
+        default=None,
+        help="folder of <algo>.yml files for --train (default: sb3_mamba/hyperparams/; "
+        "sb3_mamba/hyperparams/debug for smoke runs)",
+    )
     args = parser.parse_args(argv)
     log_dir, out = Path(args.log_folder), Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -323,16 +353,33 @@ def main(argv: list[str] | None = None) -> None:
     found = earlier_runs(log_dir, args.algos, args.env) if args.train else {}
     if found and not args.append:
         listing = "; ".join(f"{algo}: {', '.join(r.name for r in runs)}" for algo, runs in found.items())
-        parser.error(f"{log_dir} already holds runs of {args.env} ({listing}), which would be counted as "
-                     f"extra seeds next to the new ones. Pass --append to keep them and add {args.seeds} runs "
-                     "per algorithm (with seeds they did not use), or choose another -f folder.")
+        parser.error(
+            f"{log_dir} already holds runs of {args.env} ({listing}), which would be counted as "
+            f"extra seeds next to the new ones. Pass --append to keep them and add {args.seeds} runs "
+            "per algorithm (with seeds they did not use), or choose another -f folder."
+        )
 
     if args.train:
         for algo in args.algos:
             for seed in new_seeds(found.get(algo, []), args.seeds):
-                cmd = [sys.executable, "-m", "sb3_mamba.zoo", "train", "--algo", algo, "--env", args.env, "-f",
-                       str(log_dir), "--seed", str(seed), "--eval-freq", str(args.eval_freq), "--eval-episodes",
-                       str(args.eval_episodes)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "sb3_mamba.zoo",
+                    "train",
+                    "--algo",
+                    algo,
+                    "--env",
+                    args.env,
+                    "-f",
+                    str(log_dir),
+                    "--seed",
+                    str(seed),
+                    "--eval-freq",
+                    str(args.eval_freq),
+                    "--eval-episodes",
+                    str(args.eval_episodes),
+                ]
                 if args.n_timesteps:
                     cmd += ["-n", str(args.n_timesteps)]
                 if args.conf_dir:

@@ -18,8 +18,9 @@ carries a recurrent state: MAMBA and sb3-contrib's ``RecurrentPPO`` (RL^2).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -70,9 +71,13 @@ class MetaEvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mean": self.mean, "std": self.std, "ci95": self.ci95, "n_tasks": self.n_tasks,
+            "mean": self.mean,
+            "std": self.std,
+            "ci95": self.ci95,
+            "n_tasks": self.n_tasks,
             "sub_episodes": self.sub_episode_stats(),
-            "returns": self.returns.tolist(), "sub_episode_returns": self.sub_episode_returns.tolist(),
+            "returns": self.returns.tolist(),
+            "sub_episode_returns": self.sub_episode_returns.tolist(),
             "task_seeds": self.task_seeds.tolist(),
         }
 
@@ -132,8 +137,9 @@ def evaluate_meta_policy(
             episode_start = np.ones(len(tasks), dtype=bool)
             state = None
             while running.any():
-                actions, state = model.predict(_stack(observations), state=state, episode_start=episode_start,
-                                               deterministic=deterministic)
+                actions, state = model.predict(
+                    _stack(observations), state=state, episode_start=episode_start, deterministic=deterministic
+                )
                 episode_start = np.zeros(len(tasks), dtype=bool)
                 for j, task in enumerate(tasks):
                     if not running[j]:
@@ -176,9 +182,19 @@ class MetaEvalCallback(BaseCallback):
     :param verbose: 1 prints each evaluation.
     """
 
-    def __init__(self, eval_env: str | EnvFactory, n_tasks: int = 20, eval_freq: int = 200, seed: int = 10_000,
-                 deterministic: bool = True, n_envs: int = 10, env_kwargs: dict[str, Any] | None = None,
-                 best_model_save_path: str | None = None, log_path: str | None = None, verbose: int = 0):
+    def __init__(
+        self,
+        eval_env: str | EnvFactory,
+        n_tasks: int = 20,
+        eval_freq: int = 200,
+        seed: int = 10_000,
+        deterministic: bool = True,
+        n_envs: int = 10,
+        env_kwargs: dict[str, Any] | None = None,
+        best_model_save_path: str | None = None,
+        log_path: str | None = None,
+        verbose: int = 0,
+    ):
         super().__init__(verbose)
         if eval_freq < 1:
             raise ValueError(f"eval_freq must be >= 1 meta-episode, got {eval_freq}.")
@@ -219,8 +235,9 @@ class MetaEvalCallback(BaseCallback):
 
     def evaluate(self) -> MetaEvalResult:
         """Run one evaluation now, log it and keep the model if it is the best so far."""
-        result = evaluate_meta_policy(self.model, self.eval_env, self.n_tasks, self.seed, self.deterministic,
-                                      self.n_envs, self.env_kwargs)
+        result = evaluate_meta_policy(
+            self.model, self.eval_env, self.n_tasks, self.seed, self.deterministic, self.n_envs, self.env_kwargs
+        )
         self.logger.record("eval/mean_reward", result.mean)
         self.logger.record("eval/std_reward", result.std)
         self.logger.record("eval/ci95", result.ci95)
@@ -232,8 +249,12 @@ class MetaEvalCallback(BaseCallback):
         self.sub_episode_results.append(result.sub_episode_returns)
         if self.log_path is not None:
             os.makedirs(self.log_path, exist_ok=True)
-            np.savez(os.path.join(self.log_path, "evaluations.npz"), timesteps=np.array(self.timesteps),
-                     results=np.array(self.results), sub_episode_results=np.array(self.sub_episode_results))
+            np.savez(
+                os.path.join(self.log_path, "evaluations.npz"),
+                timesteps=np.array(self.timesteps),
+                results=np.array(self.results),
+                sub_episode_results=np.array(self.sub_episode_results),
+            )
         if result.mean > self.best_mean_reward:
             self.best_mean_reward = result.mean
             if self.best_model_save_path is not None:
@@ -241,7 +262,9 @@ class MetaEvalCallback(BaseCallback):
                 self.model.save(os.path.join(self.best_model_save_path, "best_model"))
         self.logger.record("eval/best_mean_reward", self.best_mean_reward)
         if self.verbose:
-            print(f"Eval at {self.num_timesteps} steps ({self.meta_episodes} meta-episodes): "
-                  f"{result.mean:.2f} +- {result.std:.2f} over {result.n_tasks} tasks")
+            print(
+                f"Eval at {self.num_timesteps} steps ({self.meta_episodes} meta-episodes): "
+                f"{result.mean:.2f} +- {result.std:.2f} over {result.n_tasks} tasks"
+            )
         self.logger.dump(self.num_timesteps)
         return result

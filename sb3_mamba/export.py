@@ -35,19 +35,24 @@ class OnnxActingPolicy(nn.Module):
     def __init__(self, policy: nn.Module):
         super().__init__()
         self.policy = policy
-        self.obs_keys = sorted(policy.observation_space.spaces) if isinstance(policy.observation_space,
-                                                                              spaces.Dict) else None
+        self.obs_keys = (
+            sorted(policy.observation_space.spaces) if isinstance(policy.observation_space, spaces.Dict) else None
+        )
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if self.obs_keys is None:
             obs, (deter, stoch, prev_action, episode_start) = inputs[0], inputs[1:]
         else:
-            obs, (deter, stoch, prev_action, episode_start) = dict(zip(self.obs_keys, inputs)), inputs[len(self.obs_keys):]
+            obs, (deter, stoch, prev_action, episode_start) = (
+                dict(zip(self.obs_keys, inputs, strict=False)),
+                inputs[len(self.obs_keys) :],
+            )
         policy = self.policy
         wm = policy.world_model
         embed = wm.encode(wm.preprocess(obs))  # (n, E)
-        post = wm.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed, episode_start.bool(),
-                                sample=False)
+        post = wm.rssm.obs_step(
+            {"deter": deter, "stoch": stoch}, prev_action, embed, episode_start.bool(), sample=False
+        )
         action = policy.actor_critic.mode(RSSM.feat(post))  # (n, A)
         if policy.discrete:
             env_action = action.argmax(-1)  # (n,)
@@ -64,7 +69,7 @@ def initial_onnx_state(model: Any, n: int) -> dict[str, np.ndarray]:
     policy = getattr(model, "policy", model)
     with torch.no_grad():
         state = policy.initial_state(n)
-    return {name: value.cpu().numpy() for name, value in zip(STATE_NAMES, state)}
+    return {name: value.cpu().numpy() for name, value in zip(STATE_NAMES, state, strict=True)}
 
 
 def export_onnx(model: Any, path: str | pathlib.Path, opset_version: int = 18) -> pathlib.Path:
@@ -88,9 +93,13 @@ def export_onnx(model: Any, path: str | pathlib.Path, opset_version: int = 18) -
     dynamic_shapes = (tuple({0: batch} for _ in input_names),)  # forward(*inputs): one varargs entry
     with torch.no_grad():  # acting is the eager path: the graph capture sees plain torch ops
         program = torch.onnx.export(
-            module, example, dynamo=True, input_names=input_names,
+            module,
+            example,
+            dynamo=True,
+            input_names=input_names,
             output_names=["action", "next_deter", "next_stoch", "next_prev_action"],
-            dynamic_shapes=dynamic_shapes, opset_version=opset_version,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset_version,
             # (onnxscript's constant folding fails on the lifted tensor constants of this graph)
             optimize=False,
         )

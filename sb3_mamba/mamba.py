@@ -13,7 +13,8 @@ import pathlib
 import time
 import warnings
 from collections import deque
-from typing import Any, Callable, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -22,8 +23,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_pkl, save_to_pkl
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
-from stable_baselines3.common.type_aliases import Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import FloatSchedule, safe_mean, update_learning_rate
 
 from sb3_mamba import checkpoints, safe_load
@@ -179,11 +179,21 @@ class MAMBA(BaseAlgorithm):
             seed=seed,
             supported_action_spaces=None,  # checked below with a clear error
         )
-        settings = resolve_preset(preset, {
-            "sampling": sampling, "wm_indices": wm_indices, "ac_indices": ac_indices,
-            "wm_horizon_initial": wm_horizon_initial, "imag_horizon": imag_horizon, "units": units,
-            "dyn_deter": dyn_deter, "dyn_stoch": dyn_stoch, "dyn_discrete": dyn_discrete, "dyn_hidden": dyn_hidden,
-        })
+        settings = resolve_preset(
+            preset,
+            {
+                "sampling": sampling,
+                "wm_indices": wm_indices,
+                "ac_indices": ac_indices,
+                "wm_horizon_initial": wm_horizon_initial,
+                "imag_horizon": imag_horizon,
+                "units": units,
+                "dyn_deter": dyn_deter,
+                "dyn_stoch": dyn_stoch,
+                "dyn_discrete": dyn_discrete,
+                "dyn_hidden": dyn_hidden,
+            },
+        )
         self.preset = preset
         self.actor_lr = actor_lr
         self.critic_lr = critic_lr
@@ -235,8 +245,11 @@ class MAMBA(BaseAlgorithm):
             raise ValueError(f"Box action spaces must have finite bounds, got {self.action_space}.")
         split_observation_space(self.observation_space)  # raises ValueError for unsupported observations
         positive_ints = {
-            "buffer_size": self.buffer_size, "batch_size": self.batch_size, "batch_length": self.batch_length,
-            "imag_horizon": self.imag_horizon, "meta_episode_length": self.meta_episode_length,
+            "buffer_size": self.buffer_size,
+            "batch_size": self.batch_size,
+            "batch_length": self.batch_length,
+            "imag_horizon": self.imag_horizon,
+            "meta_episode_length": self.meta_episode_length,
             **{k: v for k, v in self.network_sizes.items()},
         }
         for name in ("wm_indices", "ac_indices", "wm_horizon_initial"):
@@ -248,8 +261,13 @@ class MAMBA(BaseAlgorithm):
         for name in ("learning_rate", "actor_lr", "critic_lr"):
             value = getattr(self, name)
             if not callable(value) and (not isinstance(value, (int, float, np.floating)) or isinstance(value, bool)):
-                raise ValueError(f"{name} must be a number or a schedule (a callable of the progress remaining), "
-                                 f"got {value!r}.")
+                raise ValueError(
+                    f"{name} must be a number or a schedule (a callable of the progress remaining), got {value!r}."
+                )
+        self._validate_settings()
+
+    def _validate_settings(self) -> None:
+        """The numeric settings' ranges and how they fit the meta-episode length."""
         if self.precision not in ("float32", "bfloat16"):
             raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}.")
         if self.sampling not in ("prefix", "window"):
@@ -257,13 +275,21 @@ class MAMBA(BaseAlgorithm):
         if self.prefill_episodes < 0:
             raise ValueError(f"prefill_episodes must be >= 0, got {self.prefill_episodes}.")
         checks = {
-            "train_ratio": self.train_ratio > 0, "discount": 0 < self.discount <= 1,
-            "return_lambda": 0 <= self.return_lambda <= 1, "ent_coef": self.ent_coef >= 0,
-            "free_bits": self.free_bits >= 0, "dyn_scale": self.dyn_scale >= 0, "rep_scale": self.rep_scale >= 0,
+            "train_ratio": self.train_ratio > 0,
+            "discount": 0 < self.discount <= 1,
+            "return_lambda": 0 <= self.return_lambda <= 1,
+            "ent_coef": self.ent_coef >= 0,
+            "free_bits": self.free_bits >= 0,
+            "dyn_scale": self.dyn_scale >= 0,
+            "rep_scale": self.rep_scale >= 0,
             # a learning rate of 0 is allowed: rl_zoo3's enjoy loads models with learning_rate=0
             "slow_critic_fraction": 0 < self.slow_critic_fraction <= 1,
-            **{name: FloatSchedule(getattr(self, name))(1.0) >= 0 for name in ("learning_rate", "actor_lr", "critic_lr")},
-            "model_grad_clip": self.model_grad_clip > 0, "actor_critic_grad_clip": self.actor_critic_grad_clip > 0,
+            **{
+                name: FloatSchedule(getattr(self, name))(1.0) >= 0
+                for name in ("learning_rate", "actor_lr", "critic_lr")
+            },
+            "model_grad_clip": self.model_grad_clip > 0,
+            "actor_critic_grad_clip": self.actor_critic_grad_clip > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -301,7 +327,9 @@ class MAMBA(BaseAlgorithm):
                         f"The env ({spec_steps.id}) has no `horizon` attribute: it does not look like a meta-RL env "
                         "(sb3_mamba_envs.MetaEpisodeEnv), so each of its episodes is treated as one meta-episode "
                         f"of H = {spec_steps.max_episode_steps} steps (its TimeLimit). Pass meta_episode_length=H "
-                        "to silence this.", stacklevel=3)
+                        "to silence this.",
+                        stacklevel=3,
+                    )
                     return int(spec_steps.max_episode_steps)
         raise ValueError(
             "Cannot read the meta-episode length H from the env (no `horizon` attribute or TimeLimit): "
@@ -389,11 +417,13 @@ class MAMBA(BaseAlgorithm):
             raw_rewards = self._vec_normalize_env.get_original_reward()
             unnormalize = self._vec_normalize_env.unnormalize_obs
         final_obs = _replace_done_obs(raw_new_obs, dones, infos, unnormalize)
-        terminated = np.array([d and not info.get("TimeLimit.truncated", False) for d, info in zip(dones, infos)])
+        terminated = np.array(
+            [d and not info.get("TimeLimit.truncated", False) for d, info in zip(dones, infos, strict=True)]
+        )
         # the model's action vectors (one-hot; the actor's [-1, 1] for Box), not the env's units: the
         # world model trains on the scale it is filtered and imagined with
         self.replay_buffer.add(stored_obs, final_obs, action_vec.cpu().numpy(), raw_rewards, terminated, dones)
-        for done, info in zip(dones, infos):
+        for done, info in zip(dones, infos, strict=True):
             if done:
                 self._episode_num += 1
                 if "sub_episode_returns" in info:
@@ -430,7 +460,8 @@ class MAMBA(BaseAlgorithm):
                     f"learn() stops after {total_timesteps - self.num_timesteps} env steps, before the random prefill "
                     f"of {self.prefill_episodes} meta-episodes (~{prefill_steps} env steps with {self.n_envs} envs) "
                     "is complete: no gradient update will run. Train longer or lower prefill_episodes.",
-                    stacklevel=2)
+                    stacklevel=2,
+                )
         rollout_open = False
         while self.num_timesteps < total_timesteps:
             if not rollout_open:
@@ -471,7 +502,9 @@ class MAMBA(BaseAlgorithm):
             warnings.warn(
                 "This model was loaded with safe=True, which leaves out the saved run state (random generators, "
                 "the envs' meta-episodes in progress): learn(reset_num_timesteps=False) restarts the envs' "
-                "meta-episodes instead of continuing the saved run exactly.", stacklevel=3)
+                "meta-episodes instead of continuing the saved run exactly.",
+                stacklevel=3,
+            )
         restored = False
         if saved_run is not None and not reset_num_timesteps:
             restored = checkpoints.restore_run_state(self, saved_run)
@@ -522,12 +555,22 @@ class MAMBA(BaseAlgorithm):
             tic = self._clock()
             batch = self._sample()
             obs = wm.preprocess(self._obs_to_tensor(batch.obs))
-            tensors = {k: torch.as_tensor(getattr(batch, k), device=self.device)
-                       for k in ("action", "reward", "terminated", "is_first", "mask")}
+            tensors = {
+                k: torch.as_tensor(getattr(batch, k), device=self.device)
+                for k in ("action", "reward", "terminated", "is_first", "mask")
+            }
             with self._autocast():
                 wm_loss, wm_metrics, post = wm.loss(
-                    obs, tensors["action"], tensors["reward"], tensors["terminated"], tensors["is_first"],
-                    tensors["mask"], self.wm_indices, self.free_bits, self.dyn_scale, self.rep_scale,
+                    obs,
+                    tensors["action"],
+                    tensors["reward"],
+                    tensors["terminated"],
+                    tensors["is_first"],
+                    tensors["mask"],
+                    self.wm_indices,
+                    self.free_bits,
+                    self.dyn_scale,
+                    self.rep_scale,
                     observe=self.kernels.observe,
                 )
             self.policy.model_optimizer.zero_grad(set_to_none=True)
@@ -540,16 +583,23 @@ class MAMBA(BaseAlgorithm):
             start = _imagination_starts(post, tensors["mask"], self.ac_indices)
             with self._autocast():
                 actor_loss, critic_loss, ac_metrics = ac.losses(
-                    wm, start, self.imag_horizon, self.discount, self.return_lambda, self.ent_coef,
-                    self.slow_critic_reg, imagine=self.kernels.imagine,
+                    wm,
+                    start,
+                    self.imag_horizon,
+                    self.discount,
+                    self.return_lambda,
+                    self.ent_coef,
+                    self.slow_critic_reg,
+                    imagine=self.kernels.imagine,
                 )
             self.policy.actor_optimizer.zero_grad(set_to_none=True)
             self.policy.critic_optimizer.zero_grad(set_to_none=True)
             (actor_loss + critic_loss).backward()
             actor_norm = torch.nn.utils.clip_grad_norm_(list(ac.actor.parameters()), self.actor_critic_grad_clip)
             critic_norm = torch.nn.utils.clip_grad_norm_(list(ac.critic.parameters()), self.actor_critic_grad_clip)
-            _check_finite(ac_metrics, {"actor gradient norm": actor_norm, "critic gradient norm": critic_norm},
-                          "actor-critic")
+            _check_finite(
+                ac_metrics, {"actor gradient norm": actor_norm, "critic gradient norm": critic_norm}, "actor-critic"
+            )
             self.policy.actor_optimizer.step()
             self.policy.critic_optimizer.step()
             ac.update_slow_critic(self.slow_critic_fraction)
@@ -588,8 +638,15 @@ class MAMBA(BaseAlgorithm):
 
     # -- save / load -----------------------------------------------------------------
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "replay_buffer", "_rollout_state", "wm_horizon_schedule",
-                "update_timings", "_run_state_left_out", "kernels"]
+        return [
+            *super()._excluded_save_params(),
+            "replay_buffer",
+            "_rollout_state",
+            "wm_horizon_schedule",
+            "update_timings",
+            "_run_state_left_out",
+            "kernels",
+        ]
 
     def save(
         self,
@@ -663,11 +720,19 @@ class MAMBA(BaseAlgorithm):
         run_state_left_out = False
         if safe:
             path, custom_objects, run_state_left_out = safe_load.prepare_safe_load(
-                path, cls.policy_aliases.values(), custom_objects)
+                path, cls.policy_aliases.values(), custom_objects
+            )
         else:
             checkpoints.check_model_file(path)
-        model = super().load(path, env=env, device=device, custom_objects=custom_objects,
-                             print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+        model = super().load(
+            path,
+            env=env,
+            device=device,
+            custom_objects=custom_objects,
+            print_system_info=print_system_info,
+            force_reset=force_reset,
+            **kwargs,
+        )
         model.__dict__.pop(safe_load.SAFE_DATA_KEY, None)
         if run_state_left_out:
             model._run_state_left_out = True
@@ -692,8 +757,9 @@ class MAMBA(BaseAlgorithm):
         else:
             save_to_pkl(path, self.replay_buffer, self.verbose)
 
-    def load_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True,
-                           safe: bool = False) -> None:
+    def load_replay_buffer(
+        self, path: str | pathlib.Path | io.BufferedIOBase, truncate_last_traj: bool = True, safe: bool = False
+    ) -> None:
         """Restore a replay buffer saved by :meth:`save_replay_buffer`.
 
         A ``.npz`` file (a file object: one starting with a zip's signature) is read with
@@ -736,8 +802,9 @@ class MAMBA(BaseAlgorithm):
         self.replay_buffer = buffer
 
 
-def _replace_done_obs(new_obs: Any, dones: np.ndarray, infos: list[dict],
-                      unnormalize: Callable[[Any], Any] | None = None) -> Any:
+def _replace_done_obs(
+    new_obs: Any, dones: np.ndarray, infos: list[dict], unnormalize: Callable[[Any], Any] | None = None
+) -> Any:
     """The VecEnv already reset finished envs: put their final observation back for the buffer.
 
     :param new_obs: the observations the VecEnv returned (the next meta-episode's first for finished envs).
@@ -785,8 +852,12 @@ def _check_finite_data(obs: Any, rewards: np.ndarray, infos: list[dict], dones: 
     for i in np.flatnonzero(dones):  # the final observation of a finished meta-episode is stored too
         final = infos[i].get("terminal_observation")
         if final is not None:
-            arrays.update({f"terminal {k}": v[None] for k, v in (final.items() if isinstance(final, dict)
-                                                                  else {"observation": final}.items())})
+            arrays.update(
+                {
+                    f"terminal {k}": v[None]
+                    for k, v in (final.items() if isinstance(final, dict) else {"observation": final}.items())
+                }
+            )
     for name, values in arrays.items():
         values = np.asarray(values)
         if values.dtype.kind == "f" and not np.isfinite(values).all():

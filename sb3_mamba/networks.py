@@ -7,7 +7,6 @@ from torch import Tensor, nn
 
 from sb3_mamba.distributions import full_precision
 
-
 #: std of a standard normal truncated to [-2, 2]: dividing by it gives the truncated draw unit variance
 TRUNCATED_NORMAL_STD = 0.87962566103423978
 
@@ -20,8 +19,9 @@ def _fans(weight: Tensor) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def fan_avg_normal_(weight: Tensor, fan_in: int | None = None, fan_out: int | None = None,
-                    relative_bounds: bool = True) -> Tensor:
+def fan_avg_normal_(
+    weight: Tensor, fan_in: int | None = None, fan_out: int | None = None, relative_bounds: bool = True
+) -> Tensor:
     """The reference's ``weight_init`` (DreamerV3): a normal of variance 1 / fan_avg truncated at 2 std.
 
     ``fan_in`` / ``fan_out`` override the weight's own (a layer stored as two blocks is drawn as one).
@@ -67,8 +67,9 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(full_precision(x))
 
 
-def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_out: bool = False,
-        out_scale: float = 1.0) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_out: bool = False, out_scale: float = 1.0
+) -> nn.Sequential:
     """``layers`` x (Linear, LayerNorm, SiLU), then an optional Linear head to ``out_dim``.
 
     Initialised as the reference's ``MLP``: hidden layers by :func:`dreamer_init_`, the head
@@ -87,7 +88,6 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int | None = None, zero_
     if out_dim is not None:
         fan_avg_uniform_(net[-1].weight, 0.0 if zero_out else out_scale)
     return net
-
 
 
 #: added to the GRU's update-gate pre-activation: biased towards keeping the state (DreamerV3)

@@ -81,28 +81,51 @@ class RSSMPolicy(BasePolicy):
         super().__init__(observation_space, action_space, normalize_images=False)
         # every size and rate, so that ``policy.save`` / ``RSSMPolicy.load`` rebuild the same networks
         self._constructor_kwargs = dict(
-            units=units, head_layers=head_layers, actor_critic_layers=actor_critic_layers,
-            encoder_units=encoder_units, encoder_layers=encoder_layers, cnn_depth=cnn_depth, dyn_deter=dyn_deter,
-            dyn_stoch=dyn_stoch, dyn_discrete=dyn_discrete, dyn_hidden=dyn_hidden, unimix=unimix,
-            reconstruction_window=reconstruction_window, actor_unimix=actor_unimix, model_lr=model_lr,
-            actor_lr=actor_lr, critic_lr=critic_lr, model_eps=model_eps, actor_critic_eps=actor_critic_eps,
+            units=units,
+            head_layers=head_layers,
+            actor_critic_layers=actor_critic_layers,
+            encoder_units=encoder_units,
+            encoder_layers=encoder_layers,
+            cnn_depth=cnn_depth,
+            dyn_deter=dyn_deter,
+            dyn_stoch=dyn_stoch,
+            dyn_discrete=dyn_discrete,
+            dyn_hidden=dyn_hidden,
+            unimix=unimix,
+            reconstruction_window=reconstruction_window,
+            actor_unimix=actor_unimix,
+            model_lr=model_lr,
+            actor_lr=actor_lr,
+            critic_lr=critic_lr,
+            model_eps=model_eps,
+            actor_critic_eps=actor_critic_eps,
         )
         self.discrete = isinstance(action_space, spaces.Discrete)
         self.action_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
         self.world_model = WorldModel(
-            observation_space, self.action_dim, units=units, head_layers=head_layers, encoder_units=encoder_units,
-            encoder_layers=encoder_layers, cnn_depth=cnn_depth, deter=dyn_deter, stoch=dyn_stoch,
-            classes=dyn_discrete, hidden=dyn_hidden, unimix=unimix,
+            observation_space,
+            self.action_dim,
+            units=units,
+            head_layers=head_layers,
+            encoder_units=encoder_units,
+            encoder_layers=encoder_layers,
+            cnn_depth=cnn_depth,
+            deter=dyn_deter,
+            stoch=dyn_stoch,
+            classes=dyn_discrete,
+            hidden=dyn_hidden,
+            unimix=unimix,
             reconstruction_window=reconstruction_window,
         )
         self.actor_critic = ActorCritic(
-            self.world_model.rssm.feat_dim, action_space, units=units, layers=actor_critic_layers,
+            self.world_model.rssm.feat_dim,
+            action_space,
+            units=units,
+            layers=actor_critic_layers,
             actor_unimix=actor_unimix,
         )
         self.model_optimizer = torch.optim.Adam(self.world_model.parameters(), lr=model_lr, eps=model_eps)
-        self.actor_optimizer = torch.optim.Adam(
-            self.actor_critic.actor.parameters(), lr=actor_lr, eps=actor_critic_eps
-        )
+        self.actor_optimizer = torch.optim.Adam(self.actor_critic.actor.parameters(), lr=actor_lr, eps=actor_critic_eps)
         self.critic_optimizer = torch.optim.Adam(
             self.actor_critic.critic.parameters(), lr=critic_lr, eps=actor_critic_eps
         )
@@ -119,8 +142,9 @@ class RSSMPolicy(BasePolicy):
         prev_action = torch.zeros(n, self.action_dim, device=self.device)
         return initial["deter"].clone(), initial["stoch"].clone(), prev_action
 
-    def observe(self, obs: Any, state: RecurrentState | None, episode_start: Tensor,
-                sample: bool = True) -> RecurrentState:
+    def observe(
+        self, obs: Any, state: RecurrentState | None, episode_start: Tensor, sample: bool = True
+    ) -> RecurrentState:
         """Posterior update with a batch of (unprocessed) observation tensors (n, ...).
 
         ``sample=False`` takes the latent's mode (deterministic acting).
@@ -140,8 +164,9 @@ class RSSMPolicy(BasePolicy):
     #: :mod:`sb3_mamba.export`); False (default): it samples the latent, as the reference evaluates
     deterministic_latent: bool = False
 
-    def act(self, obs: Any, state: RecurrentState | None, episode_start: Tensor,
-            deterministic: bool = False) -> tuple[Tensor, RecurrentState]:
+    def act(
+        self, obs: Any, state: RecurrentState | None, episode_start: Tensor, deterministic: bool = False
+    ) -> tuple[Tensor, RecurrentState]:
         """One acting step: returns the action vector (one-hot for Discrete, in [-1, 1] for Box) and the state."""
         # The latent is sampled either way (unless ``deterministic_latent``): ``deterministic`` takes the
         # actor's mode only, as the reference evaluates (``collect_dyn_sample``, ``actor.mode()``).

@@ -16,14 +16,25 @@ from __future__ import annotations
 
 from typing import Any
 
-_DREAMER_SAMPLING: dict[str, Any] = {"sampling": "window", "batch_length": 64, "wm_indices": None,
-                                     "ac_indices": None, "wm_horizon_initial": None}
+_DREAMER_SAMPLING: dict[str, Any] = {
+    "sampling": "window",
+    "batch_length": 64,
+    "wm_indices": None,
+    "ac_indices": None,
+    "wm_horizon_initial": None,
+}
 
 #: Dreamer-Tune's sizes (paper Table 2), which MAMBA shares: the two differ only in the algorithm.
 #: ``imag_horizon`` counts imagined transitions; the reference's ``imag_horizon: h`` counts states with
 #: the start and trains on h - 1 of them, so the paper's 10 (MAMBA) and 15 (DreamerV3) are 9 and 14 here.
-_TUNE_SIZES: dict[str, Any] = {"units": 128, "dyn_deter": 512, "dyn_stoch": 16, "dyn_discrete": 16,
-                               "dyn_hidden": 64, "imag_horizon": 9}
+_TUNE_SIZES: dict[str, Any] = {
+    "units": 128,
+    "dyn_deter": 512,
+    "dyn_stoch": 16,
+    "dyn_discrete": 16,
+    "dyn_hidden": 64,
+    "imag_horizon": 9,
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "mamba": {

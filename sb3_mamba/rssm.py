@@ -37,8 +37,16 @@ class RSSM(nn.Module):
     :param unimix: uniform mixture of the latent categoricals (0.01).
     """
 
-    def __init__(self, embed_dim: int, action_dim: int, deter: int = 512, stoch: int = 16, classes: int = 16,
-                 hidden: int = 64, unimix: float = 0.01):
+    def __init__(
+        self,
+        embed_dim: int,
+        action_dim: int,
+        deter: int = 512,
+        stoch: int = 16,
+        classes: int = 16,
+        hidden: int = 64,
+        unimix: float = 0.01,
+    ):
         super().__init__()
         self.deter_dim, self.stoch_dim, self.classes, self.unimix = deter, stoch, classes, unimix
         self.feat_dim = stoch * classes + deter
@@ -105,8 +113,9 @@ class RSSM(nn.Module):
         }
         return state, action * keep
 
-    def obs_step(self, state: State | None, action: Tensor, embed: Tensor, is_first: Tensor | None,
-                 sample: bool = True) -> State:
+    def obs_step(
+        self, state: State | None, action: Tensor, embed: Tensor, is_first: Tensor | None, sample: bool = True
+    ) -> State:
         """Posterior step: (B, ...) state, (B, A) previous action, (B, E) embedding -> next state.
 
         ``is_first`` (B,) resets those rows to the initial state (and their action to zeros);
@@ -125,8 +134,9 @@ class RSSM(nn.Module):
         return {"deter": deter, "stoch": stoch, "logits": logits}
 
     # -- sequences ---------------------------------------------------------------
-    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None,
-                sample: bool = True) -> tuple[State, State]:
+    def observe(
+        self, embed: Tensor, action: Tensor, is_first: Tensor, state: State | None = None, sample: bool = True
+    ) -> tuple[State, State]:
         """Unroll the posterior over a sequence, one :meth:`obs_step` at a time.
 
         :param embed: (B, T, E) observation embeddings.

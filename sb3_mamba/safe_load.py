@@ -35,7 +35,8 @@ import pathlib
 import pickle
 import zipfile
 from collections import deque
-from typing import Any, BinaryIO, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -68,8 +69,13 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
     :raises TypeError: for other spaces.
     """
     if isinstance(space, spaces.Box):
-        return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(), "shape": list(space.shape),
-                "dtype": space.dtype.str}
+        return {
+            "type": "Box",
+            "low": space.low.tolist(),
+            "high": space.high.tolist(),
+            "shape": list(space.shape),
+            "dtype": space.dtype.str,
+        }
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, spaces.Dict):
@@ -202,8 +208,9 @@ def _check_tensor_files(archive: zipfile.ZipFile, name: str) -> None:
                 raise CheckpointError(f"{name}: {member} is not readable ({type(exc).__name__}: {exc}).") from exc
 
 
-def _replacement(key: str, entry: dict[str, Any], description: dict[str, Any], policy_classes: Iterable[type],
-                 name: str) -> Any:
+def _replacement(
+    key: str, entry: dict[str, Any], description: dict[str, Any], policy_classes: Iterable[type], name: str
+) -> Any:
     """What SB3 uses instead of unpickling the ``data`` entry ``key``; raises if there is nothing safe."""
     if key in REBUILT_BY_MODEL or key in RUN_STATE:
         return None
@@ -229,8 +236,9 @@ def _replacement(key: str, entry: dict[str, Any], description: dict[str, Any], p
         ) from exc
 
 
-def prepare_safe_load(path: str | pathlib.Path | BinaryIO, policy_classes: Iterable[type],
-                      custom_objects: dict[str, Any] | None) -> tuple[io.BytesIO, dict[str, Any], bool]:
+def prepare_safe_load(
+    path: str | pathlib.Path | BinaryIO, policy_classes: Iterable[type], custom_objects: dict[str, Any] | None
+) -> tuple[io.BytesIO, dict[str, Any], bool]:
     """Check a model file for a load that unpickles nothing, and give SB3 what to use instead.
 
     :param path: the model zip (a path, ``.zip`` appended if needed, or a file object), read once into memory.
@@ -326,8 +334,9 @@ def load_replay_npz(path: str | pathlib.Path | BinaryIO) -> MetaEpisodeBuffer:
     arrays = _read_arrays(path, name)
     version = arrays.get("format")
     if version is None or version.shape != () or version.dtype.kind not in "iu" or not 1 <= version <= REPLAY_FORMAT:
-        raise CheckpointError(f"{name} is not an sb3-mamba replay file of format <= {REPLAY_FORMAT} "
-                              f"(format: {version!r}).")
+        raise CheckpointError(
+            f"{name} is not an sb3-mamba replay file of format <= {REPLAY_FORMAT} (format: {version!r})."
+        )
     try:
         observation_space, action_space = (
             space_from_json(json.loads(str(arrays[key]))) for key in ("observation_space", "action_space")

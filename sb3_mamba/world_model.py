@@ -6,9 +6,10 @@ at ``L_wm`` indices drawn uniformly per sequence (the KL terms over all
 steps), so the cost of the heads does not grow with H'.
 
 Observations: a ``Box`` (vector, or uint8 image ``(height, width, channels)``, or
-``(channels, height, width)`` as SB3's ``VecTransposeImage`` hands it over) or a ``Dict`` of those. Vector keys are concatenated, symlog-ed and go through an
-MLP; image keys through a DreamerV3 CNN (depth 32, kernel 4, stride 2, down
-to 4x4). Shapes: ``B`` batch, ``T`` time, ``L`` sampled indices, ``W`` reconstruction window.
+``(channels, height, width)`` as SB3's ``VecTransposeImage`` hands it over) or a ``Dict`` of those.
+Vector keys are concatenated, symlog-ed and go through an MLP; image keys through a DreamerV3 CNN
+(depth 32, kernel 4, stride 2, down to 4x4). Shapes (``docs/shapes.md``): ``B`` batch, ``T`` time,
+``L`` sampled indices, ``W`` reconstruction window.
 
 The reference implementation (``reconstruction_window: 3``, on in every env)
 adds a second set of heads, not described in the paper: for each sampled index
@@ -21,7 +22,8 @@ the pairing of features with windows follows the reference exactly (see there).
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +44,9 @@ def split_observation_space(
 ) -> tuple[dict[str, int], dict[str, tuple[tuple[int, int, int], bool]]]:
     """Return ({vector key: size}, {image key: ((height, width, channels), channels_first)}); ``ValueError``
     if unsupported."""
-    subspaces = observation_space.spaces if isinstance(observation_space, spaces.Dict) else {VECTOR_KEY: observation_space}
+    subspaces = (
+        observation_space.spaces if isinstance(observation_space, spaces.Dict) else {VECTOR_KEY: observation_space}
+    )
     vectors, images = {}, {}
     for key, space in subspaces.items():
         if isinstance(space, spaces.Box) and len(space.shape) == 1:
@@ -161,10 +165,22 @@ class WorldModel(nn.Module):
         odd, 0 turns them off (default 3, the reference's).
     """
 
-    def __init__(self, observation_space: spaces.Space, action_dim: int, units: int = 128, head_layers: int = 2,
-                 encoder_units: int = 512, encoder_layers: int = 2, cnn_depth: int = 32, deter: int = 512,
-                 stoch: int = 16, classes: int = 16, hidden: int = 64, unimix: float = 0.01,
-                 reconstruction_window: int = 3):
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_dim: int,
+        units: int = 128,
+        head_layers: int = 2,
+        encoder_units: int = 512,
+        encoder_layers: int = 2,
+        cnn_depth: int = 32,
+        deter: int = 512,
+        stoch: int = 16,
+        classes: int = 16,
+        hidden: int = 64,
+        unimix: float = 0.01,
+        reconstruction_window: int = 3,
+    ):
         super().__init__()
         self.vector_sizes, self.image_shapes = split_observation_space(observation_space)
         self.vector_keys = sorted(self.vector_sizes)
@@ -178,8 +194,7 @@ class WorldModel(nn.Module):
         )
         embed_dim += sum(enc.out_dim for enc in self.image_encoders.values())
         self.embed_dim = embed_dim
-        self.rssm = RSSM(embed_dim, action_dim, deter=deter, stoch=stoch, classes=classes, hidden=hidden,
-                         unimix=unimix)
+        self.rssm = RSSM(embed_dim, action_dim, deter=deter, stoch=stoch, classes=classes, hidden=hidden, unimix=unimix)
         feat = self.rssm.feat_dim
         if self.vector_dim:
             self.vector_decoder = mlp(feat, encoder_units, encoder_layers, out_dim=self.vector_dim)
@@ -201,15 +216,16 @@ class WorldModel(nn.Module):
                 self.window_heads["vector"] = mlp(feat_embed, encoder_units, encoder_layers, out_dim=self.vector_dim)
             for key, (shape, first) in self.image_shapes.items():
                 self.window_heads[f"image_{key}"] = ConvDecoder(feat_embed, shape, cnn_depth, first)
-            self.window_heads["reward"] = mlp(feat_embed, units, head_layers, out_dim=self.two_hot.num_bins,
-                                              zero_out=True)
+            self.window_heads["reward"] = mlp(
+                feat_embed, units, head_layers, out_dim=self.two_hot.num_bins, zero_out=True
+            )
             # (the key is not "continue": torch.fx cannot name a module after a keyword)
             self.window_heads["cont"] = mlp(feat_embed, units, head_layers, out_dim=1)
 
     # -- observations --------------------------------------------------------------
     def preprocess(self, obs: Any) -> dict[str, Tensor]:
-        """Observation tensors (..., *shape) -> {"vector": (..., size) float, image key: (..., height, width, channels) in
-        [-0.5, 0.5]}."""
+        """Observation tensors (..., *shape) -> {"vector": (..., size) float,
+        image key: (..., height, width, channels) in [-0.5, 0.5]}."""
         if not isinstance(obs, dict):
             obs = {VECTOR_KEY: obs}
         out = {}
@@ -231,10 +247,20 @@ class WorldModel(nn.Module):
         return torch.cat(parts, dim=-1)
 
     # -- loss ------------------------------------------------------------------
-    def loss(self, obs: dict[str, Tensor], action: Tensor, reward: Tensor, terminated: Tensor, is_first: Tensor,
-             mask: Tensor, num_indices: int | None, free_bits: float = 1.0, dyn_scale: float = 0.5,
-             rep_scale: float = 0.1, observe: Callable[..., tuple[State, State]] | None = None,
-             ) -> tuple[Tensor, dict[str, Tensor], State]:
+    def loss(
+        self,
+        obs: dict[str, Tensor],
+        action: Tensor,
+        reward: Tensor,
+        terminated: Tensor,
+        is_first: Tensor,
+        mask: Tensor,
+        num_indices: int | None,
+        free_bits: float = 1.0,
+        dyn_scale: float = 0.5,
+        rep_scale: float = 0.1,
+        observe: Callable[..., tuple[State, State]] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor], State]:
         """World-model loss on a batch of sequences.
 
         obs: preprocessed (B, T, ...); action (B, T, A); reward, terminated, is_first, mask (B, T).
@@ -303,8 +329,17 @@ class WorldModel(nn.Module):
         }
         return total, metrics, post
 
-    def window_losses(self, feat_l: Tensor, embed: Tensor, obs: dict[str, Tensor], reward: Tensor,
-                      terminated: Tensor, mask: Tensor, index: Tensor, index_mask: Tensor) -> dict[str, Tensor]:
+    def window_losses(
+        self,
+        feat_l: Tensor,
+        embed: Tensor,
+        obs: dict[str, Tensor],
+        reward: Tensor,
+        terminated: Tensor,
+        mask: Tensor,
+        index: Tensor,
+        index_mask: Tensor,
+    ) -> dict[str, Tensor]:
         """The reference's reconstruction-window losses (module docstring).
 
         feat_l (B, L, F) features at the sampled ``index`` (B, L); embed (B, T, E); the data as in

@@ -55,8 +55,9 @@ def _literal_call(text: str, key: str) -> dict[str, Any]:
         tree = ast.parse(text, mode="eval").body
     except SyntaxError as exc:
         raise ValueError(f"{key}: {text!r} is not a dict(...) expression") from exc
-    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "dict"
-            and not tree.args):
+    if not (
+        isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "dict" and not tree.args
+    ):
         raise ValueError(f"{key}: only dict(name=literal, ...) is accepted, got {text!r}")
     try:
         return {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
@@ -152,8 +153,7 @@ def _with_defaults(argv: list[str], conf_file: bool = True) -> list[str]:
     return argv
 
 
-def _pop_option(argv: list[str], names: tuple[str, ...],
-                nargs: str = "1") -> tuple[list[str] | None, list[str]]:
+def _pop_option(argv: list[str], names: tuple[str, ...], nargs: str = "1") -> tuple[list[str] | None, list[str]]:
     """Take ``NAME VALUE`` (``nargs="1"``) or ``NAME VALUE...`` (``"+"``) out of ``argv``.
 
     Returns (the values, or None when ``NAME`` is absent; the rest of ``argv``)."""
@@ -181,16 +181,17 @@ def _require_video_writer() -> None:
     try:
         import moviepy  # noqa: F401
     except ImportError as exc:
-        raise SystemExit(f"record-video writes mp4 files with moviepy, which is not installed: {hint}") \
-            from exc
+        raise SystemExit(f"record-video writes mp4 files with moviepy, which is not installed: {hint}") from exc
     try:
         import imageio_ffmpeg
 
         imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError) as exc:
-        raise SystemExit(f"record-video needs an ffmpeg binary for moviepy and found none ({exc}): "
-                         "pip install imageio-ffmpeg (ships one), or install ffmpeg and set "
-                         "IMAGEIO_FFMPEG_EXE") from exc
+        raise SystemExit(
+            f"record-video needs an ffmpeg binary for moviepy and found none ({exc}): "
+            "pip install imageio-ffmpeg (ships one), or install ffmpeg and set "
+            "IMAGEIO_FFMPEG_EXE"
+        ) from exc
 
 
 def _record_video(argv: list[str]) -> None:
@@ -250,11 +251,15 @@ def prepare_storage(url: str, attempts: int = 8) -> None:
             return
         except ImportError as exc:  # no driver for the URL's dialect
             shown = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-            hint = "" if not url.startswith("postgres") else (
-                " For PostgreSQL: pip install 'sb3-mamba[postgres]' (psycopg 3) and write the URL as "
-                "postgresql+psycopg://user:password@host:port/database")
-            raise SystemExit(f"Optuna storage {shown}: no database driver ({exc.__cause__ or exc}).{hint}") \
-                from exc
+            hint = (
+                ""
+                if not url.startswith("postgres")
+                else (
+                    " For PostgreSQL: pip install 'sb3-mamba[postgres]' (psycopg 3) and write the URL as "
+                    "postgresql+psycopg://user:password@host:port/database"
+                )
+            )
+            raise SystemExit(f"Optuna storage {shown}: no database driver ({exc.__cause__ or exc}).{hint}") from exc
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == attempts - 1:
                 raise

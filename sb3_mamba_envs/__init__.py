@@ -16,7 +16,7 @@ from gymnasium.envs.registration import register, registry
 
 from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv, check_action
 
-__all__ = ["MetaEpisodeEnv", "TaskEnv", "check_action", "ENV_IDS"]
+__all__ = ["ENV_IDS", "MetaEpisodeEnv", "TaskEnv", "check_action"]
 
 #: Every registered ID with its entry point and default kwargs.
 _SPECS: dict[str, tuple[str, dict]] = {
@@ -25,8 +25,10 @@ _SPECS: dict[str, tuple[str, dict]] = {
     "MetaEscapeRoom-v0": ("sb3_mamba_envs.escape_room:MetaEscapeRoom", {}),
     **{f"MetaRooms-{n}-v0": ("sb3_mamba_envs.rooms:MetaRooms", {"num_rooms": n}) for n in range(1, 9)},
     **{f"MetaReacher-{n}-v0": ("sb3_mamba_envs.reacher:MetaReacher", {"num_goals": n}) for n in range(1, 5)},
-    "MetaReacherPixels-v0": ("sb3_mamba_envs.reacher:MetaReacher", {"num_goals": 1, "num_sub_episodes": 2,
-                                                                    "pixels": True}),
+    "MetaReacherPixels-v0": (
+        "sb3_mamba_envs.reacher:MetaReacher",
+        {"num_goals": 1, "num_sub_episodes": 2, "pixels": True},
+    ),
     "MetaHumanoidDir-v0": ("sb3_mamba_envs.humanoid:MetaHumanoidDir", {}),
     "MetaPandaReacher-v0": ("sb3_mamba_envs.panda:MetaPandaReacher", {}),
 }

@@ -47,8 +47,9 @@ class HumanoidDirTask(TaskEnv[float]):
         self._humanoid = HumanoidEnv(render_mode=render_mode, width=render_size, height=render_size)
         self._torque_scale = float(self._humanoid.action_space.high[0])  # 0.4
         self.action_space = spaces.Box(-1.0, 1.0, shape=self._humanoid.action_space.shape, dtype=np.float32)
-        self.observation_space = spaces.Box(-OBSERVATION_BOUND, OBSERVATION_BOUND,
-                                            shape=self._humanoid.observation_space.shape, dtype=np.float32)
+        self.observation_space = spaces.Box(
+            -OBSERVATION_BOUND, OBSERVATION_BOUND, shape=self._humanoid.observation_space.shape, dtype=np.float32
+        )
         self.render_mode = render_mode
 
     _not_state = ("_humanoid", "_torque_scale")
@@ -121,10 +122,12 @@ class MetaHumanoidDir(MetaEpisodeEnv[float]):
     :param render_mode: ``"rgb_array"`` or None (MuJoCo rendering: ``MUJOCO_GL=egl`` or ``osmesa``).
     """
 
-    def __init__(self, num_sub_episodes: int = 2, sub_episode_length: int = 200, render_mode: str | None = None,
-                 **unknown: Any):
+    def __init__(
+        self, num_sub_episodes: int = 2, sub_episode_length: int = 200, render_mode: str | None = None, **unknown: Any
+    ):
         name = type(self).__name__
         reject_unknown_kwargs(name, unknown, ["num_sub_episodes", "sub_episode_length", "render_mode"])
         require(render_mode in (None, "rgb_array"), name, "render_mode", render_mode, "must be 'rgb_array' or None")
-        super().__init__(HumanoidDirTask(render_mode=render_mode), num_sub_episodes, sub_episode_length,
-                         render_mode=render_mode)
+        super().__init__(
+            HumanoidDirTask(render_mode=render_mode), num_sub_episodes, sub_episode_length, render_mode=render_mode
+        )

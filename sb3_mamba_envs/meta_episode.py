@@ -27,7 +27,8 @@ sub-episode env. The inner env is ``env.unwrapped.task_env``.
 from __future__ import annotations
 
 import copy
-from typing import Any, Generic, Sequence, SupportsFloat, TypeVar
+from collections.abc import Sequence
+from typing import Any, Generic, SupportsFloat, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -138,9 +139,7 @@ def check_action(space: spaces.Space, action: Any) -> Any:
 def reject_unknown_kwargs(env_name: str, kwargs: dict[str, Any], valid: Sequence[str]) -> None:
     """Raise ``ValueError`` naming unknown constructor arguments (e.g. a typo in ``gym.make`` kwargs)."""
     if kwargs:
-        raise ValueError(
-            f"{env_name} got unknown argument(s) {sorted(kwargs)}; valid arguments are {sorted(valid)}."
-        )
+        raise ValueError(f"{env_name} got unknown argument(s) {sorted(kwargs)}; valid arguments are {sorted(valid)}.")
 
 
 def require(condition: bool, env_name: str, argument: str, value: Any, requirement: str) -> None:
@@ -153,7 +152,10 @@ def require_int(env_name: str, argument: str, value: Any, minimum: int = 1) -> i
     """Return ``value`` as an int, or raise ``ValueError`` naming ``argument`` if it is not an integer >= minimum."""
     require(
         isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum,
-        env_name, argument, value, f"must be an integer >= {minimum}",
+        env_name,
+        argument,
+        value,
+        f"must be an integer >= {minimum}",
     )
     return int(value)
 
@@ -225,7 +227,10 @@ class MetaEpisodeEnv(gym.Env, Generic[TaskT]):
         sub_episode_length = require_int(name, "sub_episode_length", sub_episode_length)
         require(
             render_mode is None or render_mode in self.metadata["render_modes"],
-            name, "render_mode", render_mode, f"must be one of {self.metadata['render_modes']} or None",
+            name,
+            "render_mode",
+            render_mode,
+            f"must be one of {self.metadata['render_modes']} or None",
         )
         for hook in ("sample_tasks", "set_task"):
             if not callable(getattr(task_env, hook, None)):
@@ -313,8 +318,11 @@ class MetaEpisodeEnv(gym.Env, Generic[TaskT]):
         rewards and future tasks for the same actions.
         """
         return {
-            "t": self._t, "sub_episode": self._sub_episode, "sub_t": self._sub_t,
-            "returns": self._returns.copy(), "lengths": self._lengths.copy(),
+            "t": self._t,
+            "sub_episode": self._sub_episode,
+            "sub_t": self._sub_t,
+            "returns": self._returns.copy(),
+            "lengths": self._lengths.copy(),
             "rng": copy.deepcopy(self.np_random.bit_generator.state),
             "task_env": self.task_env.get_state(),
         }

@@ -112,19 +112,26 @@ class PandaReachTask(TaskEnv[np.ndarray]):
             def _load_robot(self, file_name: str, base_position: np.ndarray) -> None:
                 super()._load_robot(low_poly, base_position)
 
-        self.robot = LowPolyPanda(self.sim, block_gripper=True, base_position=np.array([-0.6, 0.0, 0.0]),
-                                  control_type="ee")
+        self.robot = LowPolyPanda(
+            self.sim, block_gripper=True, base_position=np.array([-0.6, 0.0, 0.0]), control_type="ee"
+        )
         client = self.sim.physics_client
         self._view = client.computeViewMatrixFromYawPitchRoll(
-            cameraTargetPosition=CAMERA["target_position"], distance=CAMERA["distance"], yaw=CAMERA["yaw"],
-            pitch=CAMERA["pitch"], roll=0.0, upAxisIndex=2)
+            cameraTargetPosition=CAMERA["target_position"],
+            distance=CAMERA["distance"],
+            yaw=CAMERA["yaw"],
+            pitch=CAMERA["pitch"],
+            roll=0.0,
+            upAxisIndex=2,
+        )
         self._projection = client.computeProjectionMatrixFOV(fov=60, aspect=1.0, nearVal=0.1, farVal=100.0)
         with self.sim.no_rendering():
             self.sim.create_plane(z_offset=-0.4)
             self.sim.create_table(length=1.1, width=0.7, height=0.4, x_offset=-0.3)
             # the success cue: a ghost sphere at the goal, transparent unless the arm is there
-            self.sim.create_sphere("cue", radius=GOAL_RADIUS, mass=0.0, ghost=True, position=np.zeros(3),
-                                   rgba_color=np.zeros(4))
+            self.sim.create_sphere(
+                "cue", radius=GOAL_RADIUS, mass=0.0, ghost=True, position=np.zeros(3), rgba_color=np.zeros(4)
+            )
         self.action_space = spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
         self.observation_space = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
         self._at_goal = False
@@ -156,8 +163,13 @@ class PandaReachTask(TaskEnv[np.ndarray]):
         self.sim.step()
         self._update_cue()
         reward = 1.0 if self._at_goal else 0.0
-        return self._image(), reward, False, False, {"is_success": self._at_goal,
-                                                     "distance": float(np.linalg.norm(self.ee_position - self.task))}
+        return (
+            self._image(),
+            reward,
+            False,
+            False,
+            {"is_success": self._at_goal, "distance": float(np.linalg.norm(self.ee_position - self.task))},
+        )
 
     def _update_cue(self) -> None:
         at_goal = bool(np.linalg.norm(self.ee_position - self.task) < GOAL_RADIUS)
@@ -172,9 +184,15 @@ class PandaReachTask(TaskEnv[np.ndarray]):
     def _image(self, size: int | None = None) -> np.ndarray:
         size = size or self.image_size
         client = self.sim.physics_client
-        _, _, rgba, _, _ = client.getCameraImage(size, size, self._view, self._projection, shadow=False,
-                                                 renderer=client.ER_TINY_RENDERER,
-                                                 flags=client.ER_NO_SEGMENTATION_MASK)
+        _, _, rgba, _, _ = client.getCameraImage(
+            size,
+            size,
+            self._view,
+            self._projection,
+            shadow=False,
+            renderer=client.ER_TINY_RENDERER,
+            flags=client.ER_NO_SEGMENTATION_MASK,
+        )
         return np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[..., :3].copy()
 
     def render(self) -> np.ndarray | None:
@@ -215,10 +233,12 @@ class MetaPandaReacher(MetaEpisodeEnv[np.ndarray]):
     :param render_mode: ``"rgb_array"`` or None (a larger view from the agent's camera).
     """
 
-    def __init__(self, num_sub_episodes: int = 3, sub_episode_length: int = 50, render_mode: str | None = None,
-                 **unknown: Any):
+    def __init__(
+        self, num_sub_episodes: int = 3, sub_episode_length: int = 50, render_mode: str | None = None, **unknown: Any
+    ):
         name = type(self).__name__
         reject_unknown_kwargs(name, unknown, ["num_sub_episodes", "sub_episode_length", "render_mode"])
         require(render_mode in (None, "rgb_array"), name, "render_mode", render_mode, "must be 'rgb_array' or None")
-        super().__init__(PandaReachTask(render_mode=render_mode), num_sub_episodes, sub_episode_length,
-                         render_mode=render_mode)
+        super().__init__(
+            PandaReachTask(render_mode=render_mode), num_sub_episodes, sub_episode_length, render_mode=render_mode
+        )

@@ -33,12 +33,12 @@ if not os.environ.get("DISPLAY"):
     # dm_control is imported (override with MUJOCO_GL=osmesa if EGL is missing).
     os.environ.setdefault("MUJOCO_GL", "egl")
 
+import mujoco
 import numpy as np
 from dm_control.rl import control
 from dm_control.suite import base, reacher
 from dm_control.suite.utils import randomizers
 from gymnasium import spaces
-import mujoco
 from shimmy import DmControlCompatibilityV0
 
 from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv, reject_unknown_kwargs, require, require_int
@@ -105,8 +105,14 @@ class ReacherTask(TaskEnv[np.ndarray]):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
-    def __init__(self, num_goals: int = 1, render_mode: str | None = None, render_size: int = 256,
-                 pixels: bool = False, image_size: int = 64):
+    def __init__(
+        self,
+        num_goals: int = 1,
+        render_mode: str | None = None,
+        render_size: int = 256,
+        pixels: bool = False,
+        image_size: int = 64,
+    ):
         self.num_goals = num_goals
         self.pixels = pixels
         self.image_size = image_size
@@ -138,8 +144,11 @@ class ReacherTask(TaskEnv[np.ndarray]):
         return self._dm_env._env.physics
 
     def get_state(self) -> dict[str, Any]:
-        return {**super().get_state(), "physics": self.physics.get_state().copy(),
-                "current_goal": self.dm_task.current_goal}
+        return {
+            **super().get_state(),
+            "physics": self.physics.get_state().copy(),
+            "current_goal": self.dm_task.current_goal,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         state = dict(state)
@@ -239,8 +248,9 @@ class MetaReacher(MetaEpisodeEnv[np.ndarray]):
         **unknown: Any,
     ):
         name = type(self).__name__
-        reject_unknown_kwargs(name, unknown, ["num_goals", "num_sub_episodes", "sub_episode_length", "render_mode",
-                                              "pixels"])
+        reject_unknown_kwargs(
+            name, unknown, ["num_goals", "num_sub_episodes", "sub_episode_length", "render_mode", "pixels"]
+        )
         num_goals = require_int(name, "num_goals", num_goals)
         if sub_episode_length is None:
             sub_episode_length = 300 if num_goals <= 2 else 400

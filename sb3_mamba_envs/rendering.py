@@ -7,7 +7,7 @@ and no extra dependency.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -45,8 +45,9 @@ class RoomsTask(TaskEnv[np.ndarray]):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     reward_bounds = (-0.1, 1.0)
 
-    def __init__(self, num_rooms: int = 3, stay_action: bool = False, render_mode: str | None = None,
-                 tile_size: int = TILE_SIZE):
+    def __init__(
+        self, num_rooms: int = 3, stay_action: bool = False, render_mode: str | None = None, tile_size: int = TILE_SIZE
+    ):
         self.num_rooms = num_rooms
         self.width = ROOM_PITCH * num_rooms - ROOM_PITCH + ROOM_SIZE
         self.height = ROOM_SIZE
@@ -77,7 +78,7 @@ class RoomsTask(TaskEnv[np.ndarray]):
     def set_task(self, task: np.ndarray) -> None:
         goals = np.asarray(task)
         if goals.shape != (self.num_rooms, 2) or not all(
-            any((g == c).all() for c in candidates) for g, candidates in zip(goals, self.goal_candidates)
+            any((g == c).all() for c in candidates) for g, candidates in zip(goals, self.goal_candidates, strict=True)
         ):
             raise ValueError(
                 f"A Rooms-{self.num_rooms} task is an ({self.num_rooms}, 2) array with one corner cell of "

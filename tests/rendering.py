@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 
 import pytest
 
@@ -16,16 +17,21 @@ SKIP_REASON = "MuJoCo cannot render here: install EGL (libegl1) or OSMesa and se
 @functools.cache
 def can_render() -> bool:
     try:
-        import sb3_mamba_envs.reacher  # noqa: F401  (picks the headless backend before dm_control loads)
+        # sb3_mamba_envs.reacher picks the headless backend (MUJOCO_GL) before dm_control loads
+        importlib.import_module("sb3_mamba_envs.reacher")
         from dm_control import suite
 
         suite.load("reacher", "easy").physics.render(8, 8)
         return True
-    except Exception:  # noqa: BLE001 - any backend failure means "cannot render here"
+    except Exception:
         return False
 
 
 def env_params(ids=ENV_IDS) -> list:
     """``ids`` as pytest params; the MuJoCo pixel envs skip (with the reason) where nothing renders."""
-    return [pytest.param(env_id, marks=pytest.mark.skipif(env_id in PIXEL_MUJOCO_IDS and not can_render(),
-                                                        reason=SKIP_REASON)) for env_id in ids]
+    return [
+        pytest.param(
+            env_id, marks=pytest.mark.skipif(env_id in PIXEL_MUJOCO_IDS and not can_render(), reason=SKIP_REASON)
+        )
+        for env_id in ids
+    ]

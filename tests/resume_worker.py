@@ -28,9 +28,20 @@ from sb3_mamba.checkpoints import latest_checkpoint
 N_ENVS = 2
 CHECKPOINT_FREQ = 10  # vec-env steps (= 20 env steps)
 MODEL_KWARGS = dict(
-    prefill_episodes=2, batch_size=4, train_ratio=0.25, wm_indices=8, ac_indices=8, imag_horizon=3,
-    wm_horizon_initial=5, wm_horizon_steps=200, units=16, dyn_deter=32, dyn_stoch=4, dyn_discrete=4,
-    dyn_hidden=16, policy_kwargs={"encoder_units": 16, "encoder_layers": 1, "actor_critic_layers": 1, "head_layers": 1},
+    prefill_episodes=2,
+    batch_size=4,
+    train_ratio=0.25,
+    wm_indices=8,
+    ac_indices=8,
+    imag_horizon=3,
+    wm_horizon_initial=5,
+    wm_horizon_steps=200,
+    units=16,
+    dyn_deter=32,
+    dyn_stoch=4,
+    dyn_discrete=4,
+    dyn_hidden=16,
+    policy_kwargs={"encoder_units": 16, "encoder_layers": 1, "actor_critic_layers": 1, "head_layers": 1},
 )
 
 

@@ -28,8 +28,9 @@ def fill(buffer: MetaEpisodeBuffer, env_id: str, episodes_per_env: int, seed: in
             rewards.append(r)
             terminated.append(term)
             done.append(term or trunc)
-        buffer.add(np.stack(observations), np.stack(next_obs), actions, np.array(rewards),
-                   np.array(terminated), np.array(done))
+        buffer.add(
+            np.stack(observations), np.stack(next_obs), actions, np.array(rewards), np.array(terminated), np.array(done)
+        )
         for i, env in enumerate(envs):
             history[i].append(next_obs[i])
             if done[i]:
@@ -105,10 +106,12 @@ def test_continuous_actions_and_pickle_round_trip(tmp_path):
 
 
 def test_dict_image_observations_keep_uint8():
-    obs_space = spaces.Dict({
-        "image": spaces.Box(0, 255, (8, 8, 3), np.uint8),
-        "reward_time": spaces.Box(-1, 1, (2,), np.float32),
-    })
+    obs_space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (8, 8, 3), np.uint8),
+            "reward_time": spaces.Box(-1, 1, (2,), np.float32),
+        }
+    )
     buffer = MetaEpisodeBuffer(1000, obs_space, spaces.Box(-1, 1, (2,), np.float32))
     obs = {"image": np.full((1, 8, 8, 3), 9, np.uint8), "reward_time": np.zeros((1, 2), np.float32)}
     for t in range(4):

@@ -10,22 +10,57 @@ import pytest
 pytest.importorskip("rl_zoo3")
 pytest.importorskip("seaborn")
 
-from tests.test_zoo import debug_conf  # noqa: E402
+from tests.test_zoo import debug_conf
 
 
 def test_compare_reads_zoo_runs_and_writes_plots_and_table(tmp_path):
     logs = tmp_path / "logs"
     for algo in ("mamba", "ppo_lstm"):
         for seed in (0, 1):
-            cmd = [sys.executable, "-m", "sb3_mamba.zoo", "train", "--algo", algo, "--env", "MetaRooms-1-v0",
-                   "-f", str(logs), "-n", "800", "--eval-freq", "200", "--eval-episodes", "2", "--seed", str(seed),
-                   *debug_conf(algo)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "sb3_mamba.zoo",
+                "train",
+                "--algo",
+                algo,
+                "--env",
+                "MetaRooms-1-v0",
+                "-f",
+                str(logs),
+                "-n",
+                "800",
+                "--eval-freq",
+                "200",
+                "--eval-episodes",
+                "2",
+                "--seed",
+                str(seed),
+                *debug_conf(algo),
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
             assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "results" / "rooms1"
-    done = subprocess.run([sys.executable, "-m", "sb3_mamba.compare", "--env", "MetaRooms-1-v0", "-f", str(logs),
-                           "-o", str(out), "--algos", "mamba", "ppo_lstm"],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sb3_mamba.compare",
+            "--env",
+            "MetaRooms-1-v0",
+            "-f",
+            str(logs),
+            "-o",
+            str(out),
+            "--algos",
+            "mamba",
+            "ppo_lstm",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "results" / "rooms1.md").read_text()
     assert "| mamba |" in table and "| ppo_lstm |" in table and "| 2 |" in table  # two seeds each
@@ -45,7 +80,7 @@ def test_sub_episode_curves_parse_monitor_files(tmp_path):
         '-20.0,200,0.5,"[-10.0, -10.0]"\n'
         '30.5,200,1.0,"[10.0, 20.5]"\n'
     )
-    (steps, returns), = sub_episode_curves([run])
+    ((steps, returns),) = sub_episode_curves([run])
     assert steps.tolist() == [200.0, 400.0]
     assert returns.tolist() == [[-10.0, -10.0], [10.0, 20.5]]
 
@@ -70,8 +105,12 @@ def fake_run(log_dir, algo, number, seed, n_envs=2, episodes=12, evals=3, eval_e
             sub = [float(episode + rng.normal()), float(2 * episode + rng.normal())]  # learning: returns grow
             rows.append(f'{sum(sub)},{length},{episode},"{sub}"')
         (run / f"{env}.monitor.csv").write_text("\n".join(rows) + "\n")
-    np.savez(run / "evaluations.npz", timesteps=np.arange(1, evals + 1) * 1000,
-             results=rng.normal(size=(evals, eval_episodes)), ep_lengths=np.full((evals, eval_episodes), length))
+    np.savez(
+        run / "evaluations.npz",
+        timesteps=np.arange(1, evals + 1) * 1000,
+        results=rng.normal(size=(evals, eval_episodes)),
+        ep_lengths=np.full((evals, eval_episodes), length),
+    )
     return run
 
 
@@ -79,7 +118,7 @@ def test_sub_episode_steps_are_total_env_steps_like_the_learning_curves(tmp_path
     from sb3_mamba.compare import X_LABEL, learning_curve_figure, sub_episode_curves, sub_episode_figure
 
     run = fake_run(tmp_path, "mamba", 1, seed=0, n_envs=2, episodes=2)
-    (steps, returns), = sub_episode_curves([run])
+    ((steps, returns),) = sub_episode_curves([run])
     # each of the 2 envs finished meta-episodes after 200 and 400 of its own steps: 400 and 800 in all
     assert steps.tolist() == [400.0, 400.0, 800.0, 800.0]
     assert returns.shape == (4, 2)
@@ -116,10 +155,25 @@ def test_train_refuses_to_count_earlier_runs_as_seeds(tmp_path, monkeypatch, cap
     logs = tmp_path / "logs"
     fake_run(logs, "mamba", 1, seed=0)
     calls = []
-    monkeypatch.setattr(compare.subprocess, "run",
-                        lambda cmd, **kwargs: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0, stderr=""))
-    argv = ["--env", ENV_ID, "-f", str(logs), "-o", str(tmp_path / "out" / "c"), "--algos", "mamba", "ppo_lstm",
-            "--train", "--seeds", "2"]
+    monkeypatch.setattr(
+        compare.subprocess,
+        "run",
+        lambda cmd, **kwargs: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0, stderr=""),
+    )
+    argv = [
+        "--env",
+        ENV_ID,
+        "-f",
+        str(logs),
+        "-o",
+        str(tmp_path / "out" / "c"),
+        "--algos",
+        "mamba",
+        "ppo_lstm",
+        "--train",
+        "--seeds",
+        "2",
+    ]
     with pytest.raises(SystemExit) as error:
         compare.main(argv)
     assert error.value.code == 2 and calls == []
@@ -150,7 +204,8 @@ def test_a_figure_rl_zoo3_did_not_write_is_reported_not_claimed(tmp_path, monkey
     monkeypatch.setattr(compare.subprocess, "run", lambda cmd, **kwargs: subprocess.CompletedProcess(cmd, 0, stderr=""))
     written, failures = compare.zoo_plots(logs, ["mamba"], ENV_ID, out)
     assert written == [] and failures == [
-        f"rl_zoo3's all_plots did not write {out.parent / 'c_zoo.pkl'} (exit code 0: no error output)"]
+        f"rl_zoo3's all_plots did not write {out.parent / 'c_zoo.pkl'} (exit code 0: no error output)"
+    ]
 
 
 def test_bands_are_bootstrap_cis_of_the_mean_and_the_figures_say_so(tmp_path):
@@ -169,8 +224,9 @@ def test_bands_are_bootstrap_cis_of_the_mean_and_the_figures_say_so(tmp_path):
     np.random.seed(3)  # (rliable resamples with NumPy's global generator)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        points, intervals = rly.get_interval_estimates({"a": scores[:, None, :]}, lambda x: x.mean(axis=(0, 1)),
-                                                       reps=500, random_state=np.random.RandomState(3))
+        points, intervals = rly.get_interval_estimates(
+            {"a": scores[:, None, :]}, lambda x: x.mean(axis=(0, 1)), reps=500, random_state=np.random.RandomState(3)
+        )
     assert np.allclose(mean, scores.mean(0)) and np.allclose(mean, points["a"])
     assert np.allclose(low, intervals["a"][0]) and np.allclose(high, intervals["a"][1])
     assert (low <= mean).all() and (mean <= high).all() and (low < high).all()
@@ -179,8 +235,10 @@ def test_bands_are_bootstrap_cis_of_the_mean_and_the_figures_say_so(tmp_path):
     assert np.allclose(one[0], one[1]) and np.allclose(one[0], one[2])  # one seed: no interval
 
     runs = [fake_run(tmp_path, "mamba", i + 1, seed=i) for i in range(2)]
-    for fig in (learning_curve_figure({"mamba": runs}, ENV_ID),
-                sub_episode_figure({"mamba": sub_episode_curves(runs)}, ENV_ID)):
+    for fig in (
+        learning_curve_figure({"mamba": runs}, ENV_ID),
+        sub_episode_figure({"mamba": sub_episode_curves(runs)}, ENV_ID),
+    ):
         title = fig.axes[0].get_title() + (fig._suptitle.get_text() if fig._suptitle else "")
         assert "mean over seeds" in title and "95% bootstrap CI" in title
         assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["mamba (2 seeds)"]

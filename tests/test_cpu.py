@@ -21,6 +21,11 @@ def test_tune_allocator_applies_once_per_process():
 
 
 def test_tune_allocator_opt_out():
-    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True,
-                         env={"SB3_MAMBA_TUNE_MALLOC": "0", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"SB3_MAMBA_TUNE_MALLOC": "0", "PATH": ""},
+    )
     assert out.stdout.strip() == "False"

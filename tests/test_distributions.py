@@ -47,8 +47,8 @@ def test_two_hot_log_prob_reads_the_dense_encoding():
     y[0, 0], y[0, 1], y[0, 2] = 1e12, -1e12, 0.0  # clamped at both ends; exactly on a bin
     dense = (two_hot.encode(y) * torch.log_softmax(logits, -1)).sum(-1)
     torch.testing.assert_close(two_hot.log_prob(logits, y), dense)
-    grad_dense, = torch.autograd.grad(dense.sum(), logits)
-    grad_gather, = torch.autograd.grad(two_hot.log_prob(logits, y).sum(), logits)
+    (grad_dense,) = torch.autograd.grad(dense.sum(), logits)
+    (grad_gather,) = torch.autograd.grad(two_hot.log_prob(logits, y).sum(), logits)
     torch.testing.assert_close(grad_gather, grad_dense)
     torch.testing.assert_close(two_hot.mean(logits), symexp((torch.softmax(logits, -1) * two_hot.bins(y)).sum(-1)))
 

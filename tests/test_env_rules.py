@@ -152,7 +152,7 @@ def test_rooms_oracle_return_matches_reward_rules(num_rooms):
     env = gym.make(f"MetaRooms-{num_rooms}-v0")
     T = 100
     for seed in range(5):
-        total, sub_returns, _ = play(env, oracle_policy(env), seed)
+        _total, sub_returns, _ = play(env, oracle_policy(env), seed)
         path = rooms_path_length(env.unwrapped.task)
         expected = num_rooms + (T - path) - 0.1 * (path - num_rooms)
         np.testing.assert_allclose(sub_returns, [expected, expected], atol=1e-9)
@@ -367,7 +367,7 @@ def test_humanoid_direction_oracle_vs_random_and_falls_end_sub_episodes():
         random.append(sum(env.step(env.action_space.sample())[4]["reward_direction"] for _ in range(15)))
     assert np.mean(oracle) > 15 and abs(np.mean(random)) < 0.3 * np.mean(oracle)
     # a random humanoid falls: its sub-episodes end early, the meta-episode is shorter than H
-    _, sub_returns, infos = play(env, lambda obs: env.action_space.sample(), seed=0)
+    _, _sub_returns, infos = play(env, lambda obs: env.action_space.sample(), seed=0)
     lengths = infos[-1]["sub_episode_lengths"]
     assert len(lengths) == 2 and all(0 < n < 200 for n in lengths) and len(infos) == sum(lengths)
     assert infos[-1]["torso_height"] < 1.0 or infos[-1]["torso_height"] > 2.0

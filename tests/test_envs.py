@@ -15,7 +15,6 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-import sb3_mamba_envs
 from sb3_mamba_envs import ENV_IDS
 from tests.rendering import can_render, env_params
 
@@ -169,7 +168,7 @@ def test_sample_tasks_follow_the_task_distributions():
 def test_out_of_space_action_raises_clear_error(env_id, bad_action):
     env = gym.make(env_id)
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="[Aa]ction"):
+    with pytest.raises(ValueError, match=r"[Aa]ction"):
         env.unwrapped.step(bad_action)
     # the env is still usable afterwards
     env.unwrapped.step(env.action_space.sample())
@@ -252,14 +251,12 @@ def test_vec_env_plays_whole_meta_episodes(vec_env_cls):
     # Subprocess workers (forkserver) start without our registrations: the
     # "module:ID" form makes each worker import sb3_mamba_envs itself.
     env_id = "sb3_mamba_envs:MetaRooms-2-v0"
-    vec_env = make_vec_env(
-        env_id, n_envs=2, seed=0, vec_env_cls=vec_env_cls, env_kwargs={"sub_episode_length": 10}
-    )
+    vec_env = make_vec_env(env_id, n_envs=2, seed=0, vec_env_cls=vec_env_cls, env_kwargs={"sub_episode_length": 10})
     obs = vec_env.reset()
     assert obs.shape == (2, 4)
     horizon = 20
     for t in range(horizon):
-        obs, rewards, dones, infos = vec_env.step(np.array([1, 0]))
+        obs, _rewards, dones, infos = vec_env.step(np.array([1, 0]))
         np.testing.assert_allclose(obs[:, -1], 0.0 if t == horizon - 1 else (t + 1) / horizon, atol=1e-6)
     assert dones.all()
     for info in infos:
@@ -271,8 +268,13 @@ def test_vec_env_plays_whole_meta_episodes(vec_env_cls):
 
 
 def test_reacher_in_subprocess_vec_env():
-    vec_env = make_vec_env("sb3_mamba_envs:MetaReacher-2-v0", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv,
-                           env_kwargs={"sub_episode_length": 5})
+    vec_env = make_vec_env(
+        "sb3_mamba_envs:MetaReacher-2-v0",
+        n_envs=2,
+        seed=0,
+        vec_env_cls=SubprocVecEnv,
+        env_kwargs={"sub_episode_length": 5},
+    )
     vec_env.reset()
     for _ in range(15):
         obs, _, dones, infos = vec_env.step(np.zeros((2, 2), dtype=np.float32))

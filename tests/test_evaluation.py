@@ -82,7 +82,7 @@ def test_an_oracle_scores_what_it_scores_on_the_same_seeded_tasks():
 
     class Oracle:  # knows the task of the env the evaluator plays in each slot
         def predict(self, obs, state=None, episode_start=None, deterministic=False):
-            return np.stack([oracle_policy(env)(o) for env, o in zip(made, obs)]), None
+            return np.stack([oracle_policy(env)(o) for env, o in zip(made, obs, strict=True)]), None
 
     result = evaluate_meta_policy(Oracle(), make, n_tasks=5, seed=0, n_envs=5)
     expected, expected_sub, _ = play_scripted(gym.make(ENV, **SHORT), "oracle", episodes=5, seed=0)
@@ -104,14 +104,26 @@ def test_callback_logs_keeps_the_best_model_and_resumes_its_history(tmp_path):
     env = make_vec_env(ENV, n_envs=2, seed=0, env_kwargs=SHORT)
     model = MAMBA("RSSMPolicy", env, seed=0, **TINY)
     model.set_logger(configure(str(tmp_path / "log"), ["csv"]))
-    callback = MetaEvalCallback(ENV, n_tasks=3, eval_freq=4, env_kwargs=SHORT, n_envs=3,
-                                best_model_save_path=str(tmp_path / "best"), log_path=str(tmp_path / "eval"))
+    callback = MetaEvalCallback(
+        ENV,
+        n_tasks=3,
+        eval_freq=4,
+        env_kwargs=SHORT,
+        n_envs=3,
+        best_model_save_path=str(tmp_path / "best"),
+        log_path=str(tmp_path / "eval"),
+    )
     model.learn(300, callback=callback)  # 10 meta-episodes of 30 steps: evaluations at 0, 4 and 8
     assert len(callback.results) == 3
     assert (tmp_path / "best" / "best_model.zip").is_file()
     header = (tmp_path / "log" / "progress.csv").read_text().splitlines()[0].split(",")
-    for key in ("eval/mean_reward", "eval/std_reward", "eval/ci95", "eval/sub_episode_return_2",
-                "eval/best_mean_reward"):
+    for key in (
+        "eval/mean_reward",
+        "eval/std_reward",
+        "eval/ci95",
+        "eval/sub_episode_return_2",
+        "eval/best_mean_reward",
+    ):
         assert key in header, key
     saved = np.load(tmp_path / "eval" / "evaluations.npz")
     assert saved["results"].shape == (3, 3) and saved["sub_episode_results"].shape == (3, 3, 3)
@@ -119,7 +131,13 @@ def test_callback_logs_keeps_the_best_model_and_resumes_its_history(tmp_path):
 
     model.save(tmp_path / "model")
     resumed = MAMBA.load(tmp_path / "model", env=env)
-    callback2 = MetaEvalCallback(ENV, n_tasks=3, eval_freq=4, env_kwargs=SHORT,
-                                 best_model_save_path=str(tmp_path / "best"), log_path=str(tmp_path / "eval"))
+    callback2 = MetaEvalCallback(
+        ENV,
+        n_tasks=3,
+        eval_freq=4,
+        env_kwargs=SHORT,
+        best_model_save_path=str(tmp_path / "best"),
+        log_path=str(tmp_path / "eval"),
+    )
     resumed.learn(120, callback=callback2, reset_num_timesteps=False)  # meta-episodes 10..13: one more at 12
     assert len(callback2.results) == 4 and callback2.timesteps[:3] == callback.timesteps

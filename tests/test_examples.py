@@ -19,15 +19,37 @@ def run(args: list[str], cwd: Path) -> str:
 
 
 def test_meta_env_demo(tmp_path):
-    out = run([str(ROOT / "examples/meta_env_demo.py"), "--env", "MetaRooms-2-v0", "--episodes", "3",
-               "--gif", str(tmp_path / "demo.gif")], tmp_path)
+    out = run(
+        [
+            str(ROOT / "examples/meta_env_demo.py"),
+            "--env",
+            "MetaRooms-2-v0",
+            "--episodes",
+            "3",
+            "--gif",
+            str(tmp_path / "demo.gif"),
+        ],
+        tmp_path,
+    )
     assert "random" in out and "oracle" in out
     assert (tmp_path / "demo.gif").stat().st_size > 1000
 
 
 def test_train_mamba_example(tmp_path):
-    out = run([str(ROOT / "examples/train_mamba.py"), "--steps", "160", "--evals", "1", "--n-envs", "2",
-               "--save", str(tmp_path / "m.zip")], tmp_path)
+    out = run(
+        [
+            str(ROOT / "examples/train_mamba.py"),
+            "--steps",
+            "160",
+            "--evals",
+            "1",
+            "--n-envs",
+            "2",
+            "--save",
+            str(tmp_path / "m.zip"),
+        ],
+        tmp_path,
+    )
     assert "random policy" in out and "final return" in out
     assert (tmp_path / "m.zip").is_file()
 
@@ -48,8 +70,20 @@ def test_train_mamba_verdict_counts_mambas_spread():
 def test_quickstart_and_gif_recorder(tmp_path):
     out = run([str(ROOT / "examples/quickstart.py"), "--steps", "200", "--path", str(tmp_path / "q.zip")], tmp_path)
     assert "evaluation return" in out and "per-sub-episode returns" in out
-    out = run([str(ROOT / "examples/record_gif.py"), "--model", str(tmp_path / "q.zip"), "--env", "MetaRooms-1-v0",
-               "--sub-episode-length", "10", "--out", str(tmp_path / "q.gif")], tmp_path)
+    out = run(
+        [
+            str(ROOT / "examples/record_gif.py"),
+            "--model",
+            str(tmp_path / "q.zip"),
+            "--env",
+            "MetaRooms-1-v0",
+            "--sub-episode-length",
+            "10",
+            "--out",
+            str(tmp_path / "q.gif"),
+        ],
+        tmp_path,
+    )
     from PIL import Image
 
     gif = Image.open(tmp_path / "q.gif")
@@ -63,7 +97,21 @@ def test_custom_env_example():
 
 
 def test_comparison_example_at_debug_size(tmp_path):
-    out = run([str(ROOT / "examples/compare_mamba_rl2.py"), "--debug", "--seeds", "1", "--algos", "mamba",
-               "ppo_lstm", "--logs", str(tmp_path / "logs"), "--out", str(tmp_path / "res" / "rooms3")], tmp_path)
+    out = run(
+        [
+            str(ROOT / "examples/compare_mamba_rl2.py"),
+            "--debug",
+            "--seeds",
+            "1",
+            "--algos",
+            "mamba",
+            "ppo_lstm",
+            "--logs",
+            str(tmp_path / "logs"),
+            "--out",
+            str(tmp_path / "res" / "rooms3"),
+        ],
+        tmp_path,
+    )
     assert "| mamba |" in out and "| ppo_lstm |" in out
     assert (tmp_path / "res" / "rooms3_sub_episodes.png").is_file()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from sb3_mamba import export_onnx, initial_onnx_state
 from tests.test_fidelity import WideBoxEnv
@@ -25,12 +24,13 @@ def run_both(model, env, path, steps):
     compared = 0
     for _ in range(steps):
         action, torch_state = model.predict(obs, torch_state, starts, deterministic=True)
-        onnx_action, *next_state = session.run(None, {"obs": obs.astype(np.float32), **onnx_state,
-                                                      "episode_start": starts})
+        onnx_action, *next_state = session.run(
+            None, {"obs": obs.astype(np.float32), **onnx_state, "episode_start": starts}
+        )
         np.testing.assert_allclose(onnx_action, action, rtol=1e-4, atol=1e-5)
-        for name, value, reference in zip(("deter", "stoch", "prev_action"), next_state, torch_state):
+        for name, value, reference in zip(("deter", "stoch", "prev_action"), next_state, torch_state, strict=True):
             np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-5, err_msg=name)
-        onnx_state = dict(zip(("deter", "stoch", "prev_action"), next_state))
+        onnx_state = dict(zip(("deter", "stoch", "prev_action"), next_state, strict=True))
         obs, _, dones, _ = env.step(action)
         starts = dones
         compared += 1

@@ -15,8 +15,8 @@ from gymnasium import spaces
 
 from sb3_mamba import MAMBA
 from sb3_mamba.behavior import ActorCritic, ImaginationStarts, ReturnNormalizer, actor_objective, trajectory_weight
-from sb3_mamba.presets import PRESETS
 from sb3_mamba.distributions import symlog
+from sb3_mamba.presets import PRESETS
 from sb3_mamba.world_model import WorldModel, window_steps
 from sb3_mamba.zoo import HYPERPARAMS_DIR, load_hyperparams
 
@@ -127,9 +127,23 @@ class WideBoxEnv(gym.Env):
 
 def test_replay_stores_the_actions_the_model_consumes():
     env = WideBoxEnv()
-    model = MAMBA("RSSMPolicy", env, seed=0, prefill_episodes=1, batch_size=2, train_ratio=0.1, wm_indices=4,
-                  ac_indices=4, imag_horizon=1, units=16, dyn_deter=16, dyn_stoch=2, dyn_discrete=2, dyn_hidden=8,
-                  policy_kwargs=dict(encoder_units=16, encoder_layers=1, actor_critic_layers=1, head_layers=1))
+    model = MAMBA(
+        "RSSMPolicy",
+        env,
+        seed=0,
+        prefill_episodes=1,
+        batch_size=2,
+        train_ratio=0.1,
+        wm_indices=4,
+        ac_indices=4,
+        imag_horizon=1,
+        units=16,
+        dyn_deter=16,
+        dyn_stoch=2,
+        dyn_discrete=2,
+        dyn_hidden=8,
+        policy_kwargs=dict(encoder_units=16, encoder_layers=1, actor_critic_layers=1, head_layers=1),
+    )
     model.learn(48)  # one prefill episode, then the actor's
     stored = np.concatenate([episode["action"][1:, 0] for episode in model.replay_buffer.episodes])
     received = np.array(env.received[: len(stored)])
@@ -186,10 +200,10 @@ def test_baseline_files_share_budgets_and_horizons():
 
 def test_yaml_strings_never_run_code(tmp_path):
     conf = tmp_path / "evil.yml"
-    conf.write_text('MetaPointRobot-v0:\n  policy_kwargs: "__import__(\'os\').system(\'echo pwned\')"\n')
+    conf.write_text("MetaPointRobot-v0:\n  policy_kwargs: \"__import__('os').system('echo pwned')\"\n")
     with pytest.raises(ValueError, match="dict"):
         load_hyperparams("mamba", "MetaPointRobot-v0", conf)
-    conf.write_text('MetaPointRobot-v0:\n  policy_kwargs: "dict(x=open(\'f\'))"\n')
+    conf.write_text("MetaPointRobot-v0:\n  policy_kwargs: \"dict(x=open('f'))\"\n")
     with pytest.raises(ValueError, match="literals"):
         load_hyperparams("mamba", "MetaPointRobot-v0", conf)
 
@@ -208,8 +222,7 @@ def test_deterministic_acting_takes_the_actor_mode_on_a_sampled_latent():
 
 
 # -- the reference's reconstruction window (reconstruction_window: 3, models.py) -------------------
-WINDOW_WM = dict(units=16, head_layers=1, encoder_units=16, encoder_layers=1, deter=16, stoch=3, classes=4,
-                 hidden=8)
+WINDOW_WM = dict(units=16, head_layers=1, encoder_units=16, encoder_layers=1, deter=16, stoch=3, classes=4, hidden=8)
 
 
 def test_window_steps_pair_each_embedding_with_the_next_steps_data():
@@ -242,8 +255,9 @@ def test_window_heads_pair_windows_with_tiled_features_as_the_reference_does():
     seen = {}
     wm.window_heads["reward"].register_forward_hook(lambda m, args, out: seen.update(inputs=args[0]))
     obs = {"vector": torch.randn(B, T, 1)}
-    wm.window_losses(feat_l, embed, obs, torch.zeros(B, T), torch.zeros(B, T), torch.ones(B, T), index,
-                     torch.ones(B, L))
+    wm.window_losses(
+        feat_l, embed, obs, torch.zeros(B, T), torch.zeros(B, T), torch.ones(B, T), index, torch.ones(B, L)
+    )
     inputs = seen["inputs"]  # (B, L * W, F + E)
     embed_step, _, _ = window_steps(index, torch.ones(B, T), W)
     for j in range(L * W):
@@ -269,8 +283,16 @@ def test_window_decoder_targets_the_step_after_its_embedding_and_averages_over_a
     embed = torch.zeros(B, T, wm.embed_dim)
     embed[..., -1] = torch.arange(T, dtype=torch.float32)  # the embedding of step k carries k
     index = torch.randint(0, T, (B, L))
-    args = (torch.zeros(B, L, wm.rssm.feat_dim), embed, obs, torch.zeros(B, T), torch.zeros(B, T),
-            torch.ones(B, T), index, torch.ones(B, L))
+    args = (
+        torch.zeros(B, L, wm.rssm.feat_dim),
+        embed,
+        obs,
+        torch.zeros(B, T),
+        torch.zeros(B, T),
+        torch.ones(B, T),
+        index,
+        torch.ones(B, L),
+    )
     wm.window_heads["vector"] = _ReadStep(shift=1)  # predicts obs_{k+1} from embed_k
     assert wm.window_losses(*args)["window_decoder_loss"] == 0
     wm.window_heads["vector"] = _ReadStep(shift=0)  # predicts obs_k: wrong by one step
@@ -282,8 +304,13 @@ def test_window_decoder_targets_the_step_after_its_embedding_and_averages_over_a
 def test_window_losses_train_the_encoder_and_the_features():
     wm = window_world_model()
     obs, action, reward, terminated, is_first, mask = (
-        {"vector": torch.randn(2, 7, 1)}, torch.randn(2, 7, 2), torch.randn(2, 7), torch.zeros(2, 7),
-        torch.zeros(2, 7, dtype=torch.bool), torch.ones(2, 7, dtype=torch.bool))
+        {"vector": torch.randn(2, 7, 1)},
+        torch.randn(2, 7, 2),
+        torch.randn(2, 7),
+        torch.zeros(2, 7),
+        torch.zeros(2, 7, dtype=torch.bool),
+        torch.ones(2, 7, dtype=torch.bool),
+    )
     _, metrics, _ = wm.loss(obs, action, reward, terminated, is_first, mask, num_indices=4)
     window = sum(v for k, v in metrics.items() if k.startswith("window_"))
     assert {"window_decoder_loss", "window_reward_loss", "window_continue_loss"} <= set(metrics)
@@ -297,8 +324,15 @@ def test_window_can_be_turned_off():
     wm = window_world_model(window=0)
     assert len(wm.window_heads) == 0
     obs = {"vector": torch.randn(1, 5, 1)}
-    _, metrics, _ = wm.loss(obs, torch.randn(1, 5, 2), torch.randn(1, 5), torch.zeros(1, 5),
-                            torch.zeros(1, 5, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool), num_indices=3)
+    _, metrics, _ = wm.loss(
+        obs,
+        torch.randn(1, 5, 2),
+        torch.randn(1, 5),
+        torch.zeros(1, 5),
+        torch.zeros(1, 5, dtype=torch.bool),
+        torch.ones(1, 5, dtype=torch.bool),
+        num_indices=3,
+    )
     assert not any(k.startswith("window_") for k in metrics)
     with pytest.raises(ValueError, match="odd"):
         window_world_model(window=2)

@@ -28,9 +28,14 @@ def bad_actions(space: spaces.Space, rng: np.random.Generator) -> list:
         return [space.n, -1, 1.5, np.array([0, 1]), "up", None, np.float32(0.0)]
     low, high = space.low, space.high
     return [
-        high + 0.5, low - rng.uniform(0.1, 10, size=space.shape), np.full(space.shape, np.nan),
-        np.full(space.shape, np.inf), np.zeros(space.shape[0] + 1), "left", None,
-        np.zeros((1,) + space.shape),
+        high + 0.5,
+        low - rng.uniform(0.1, 10, size=space.shape),
+        np.full(space.shape, np.nan),
+        np.full(space.shape, np.inf),
+        np.zeros(space.shape[0] + 1),
+        "left",
+        None,
+        np.zeros((1, *space.shape)),
     ]
 
 
@@ -75,9 +80,16 @@ def test_fuzz_random_and_invalid_actions(env_id):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from([i for i in ENV_IDS if not i.startswith("MetaReacher")]),
-       st.one_of(st.integers(), st.floats(allow_nan=True), st.text(max_size=3), st.none(),
-                 st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4)))
+@given(
+    st.sampled_from([i for i in ENV_IDS if not i.startswith("MetaReacher")]),
+    st.one_of(
+        st.integers(),
+        st.floats(allow_nan=True),
+        st.text(max_size=3),
+        st.none(),
+        st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4),
+    ),
+)
 def test_arbitrary_action_values_are_accepted_or_rejected_with_value_error(env_id, action):
     env = gym.make(env_id)
     env.reset(seed=0)

@@ -56,8 +56,7 @@ def observe_with(name: str):
     return compiled.observe
 
 
-OBSERVE_PATHS = ["scan-aten", pytest.param("scan-c", marks=needs_c),
-                 pytest.param("compile", marks=pytest.mark.slow)]
+OBSERVE_PATHS = ["scan-aten", pytest.param("scan-c", marks=needs_c), pytest.param("compile", marks=pytest.mark.slow)]
 
 
 def make_rssm(device: str = "cpu") -> RSSM:
@@ -88,11 +87,11 @@ def observe_values_and_grads(rssm: RSSM, observe, sample: bool):
     generator = torch.Generator().manual_seed(3)  # fixed loss weights on every output
     outputs = (post["deter"], post["stoch"], post["logits"], prior["logits"])
     weights = [torch.randn(x.shape, generator=generator).to(device) for x in outputs]
-    loss = sum((x * w).sum() for x, w in zip(outputs, weights))
+    loss = sum((x * w).sum() for x, w in zip(outputs, weights, strict=True))
     loss = loss + (post["stoch"].softmax(-1) ** 2).sum()  # a nonlinear use of the straight-through sample
     params = dict(embed=embed, **dict(rssm.named_parameters()))
     grads = torch.autograd.grad(loss, list(params.values()))
-    return post, dict(zip(params, grads))
+    return post, dict(zip(params, grads, strict=True))
 
 
 def eager_observe(rssm, embed, action, is_first, sample):
@@ -143,7 +142,7 @@ def test_posterior_unroll_under_bfloat16_autocast_is_close(path):
     assert post["deter"].dtype == torch.float32
     torch.testing.assert_close(post["deter"], reference["deter"], rtol=0.05, atol=0.05)
     grads = torch.autograd.grad(post["deter"].sum() + post["logits"].sum(), wrt)
-    for grad, reference_grad in zip(grads, reference_grads):
+    for grad, reference_grad in zip(grads, reference_grads, strict=True):
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
         torch.testing.assert_close(grad, reference_grad, rtol=0.1, atol=0.1 * reference_grad.abs().max().item())
 
@@ -181,8 +180,11 @@ def imagine_with(name: str):
     return compiled.imagine
 
 
-IMAGINE_PATHS = ["native-aten", pytest.param("native-c", marks=needs_c),
-                 pytest.param("compile", marks=pytest.mark.slow)]
+IMAGINE_PATHS = [
+    "native-aten",
+    pytest.param("native-c", marks=needs_c),
+    pytest.param("compile", marks=pytest.mark.slow),
+]
 
 
 def behavior_models(action_space: spaces.Space):
@@ -210,12 +212,13 @@ def behavior_values_and_grads(wm, ac, imagine, horizon: int = 4):
     actor_loss, critic_loss, metrics = ac.losses(wm, shared_starts(), horizon, 0.997, 0.95, 3e-4, imagine=imagine)
     params = dict(ac.actor.named_parameters(prefix="actor")) | dict(ac.critic.named_parameters(prefix="critic"))
     grads = torch.autograd.grad(actor_loss + critic_loss, list(params.values()))
-    return metrics, dict(zip(params, grads))
+    return metrics, dict(zip(params, grads, strict=True))
 
 
 @pytest.mark.parametrize("path", IMAGINE_PATHS)
-@pytest.mark.parametrize("action_space", [spaces.Discrete(3), spaces.Box(-1, 1, (3,), np.float32)],
-                         ids=["discrete", "continuous"])
+@pytest.mark.parametrize(
+    "action_space", [spaces.Discrete(3), spaces.Box(-1, 1, (3,), np.float32)], ids=["discrete", "continuous"]
+)
 def test_imagination_and_behavior_losses_match_eager(action_space, path, same_random_draws):
     wm, ac = behavior_models(action_space)
     fast_metrics, fast_grads = behavior_values_and_grads(wm, ac, imagine_with(path))
@@ -275,11 +278,14 @@ def test_factored_input_linear_equals_the_dense_matmul(with_rows):
         with torch.set_grad_enabled(grad):
             torch.testing.assert_close(x.linear(weight), torch.nn.functional.linear(dense, weight))
     upstream = torch.randn(50, 9)
-    torch.testing.assert_close(torch.autograd.grad(x.linear(weight), weight, upstream)[0],
-                               torch.autograd.grad(torch.nn.functional.linear(dense, weight), weight, upstream)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(x.linear(weight), weight, upstream)[0],
+        torch.autograd.grad(torch.nn.functional.linear(dense, weight), weight, upstream)[0],
+    )
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(x.linear(weight).float(), torch.nn.functional.linear(dense, weight).float(),
-                                   rtol=2e-2, atol=5e-2)
+        torch.testing.assert_close(
+            x.linear(weight).float(), torch.nn.functional.linear(dense, weight).float(), rtol=2e-2, atol=5e-2
+        )
     # several steps' inputs concatenated, and heads on them: the same as on the dense features
     both = FactoredInput.cat([x, factored_feat(stoch[:20], torch.randn(20, 6))])
     assert len(both) == 70
@@ -314,12 +320,21 @@ def update_losses_and_grads(model: MAMBA, batch, backend: str):
     obs = wm.preprocess(model._obs_to_tensor(batch.obs))
     t = {k: torch.as_tensor(getattr(batch, k)) for k in ("action", "reward", "terminated", "is_first", "mask")}
     torch.manual_seed(0)
-    wm_loss, wm_metrics, post = wm.loss(obs, t["action"], t["reward"], t["terminated"], t["is_first"], t["mask"],
-                                        model.wm_indices, observe=kernels.observe)
+    wm_loss, wm_metrics, post = wm.loss(
+        obs,
+        t["action"],
+        t["reward"],
+        t["terminated"],
+        t["is_first"],
+        t["mask"],
+        model.wm_indices,
+        observe=kernels.observe,
+    )
     wm_grads = torch.autograd.grad(wm_loss, list(wm.parameters()), allow_unused=True)
     starts = _imagination_starts(post, t["mask"], model.ac_indices)
-    actor_loss, critic_loss, ac_metrics = ac.losses(wm, starts, model.imag_horizon, 0.997, 0.95, 3e-4,
-                                                    imagine=kernels.imagine)
+    actor_loss, critic_loss, ac_metrics = ac.losses(
+        wm, starts, model.imag_horizon, 0.997, 0.95, 3e-4, imagine=kernels.imagine
+    )
     ac_grads = torch.autograd.grad(actor_loss + critic_loss, list(ac.actor.parameters()) + list(ac.critic.parameters()))
     return {**wm_metrics, **ac_metrics}, wm_grads, ac_grads
 

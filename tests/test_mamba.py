@@ -17,15 +17,25 @@ from sb3_mamba import MAMBA, NonFiniteLossError
 from sb3_mamba_envs.meta_episode import MetaEpisodeEnv, TaskEnv
 
 TINY = dict(
-    prefill_episodes=2, batch_size=4, train_ratio=0.2, wm_indices=8, ac_indices=8, imag_horizon=3,
-    units=32, dyn_deter=32, dyn_stoch=4, dyn_discrete=4, dyn_hidden=16,
+    prefill_episodes=2,
+    batch_size=4,
+    train_ratio=0.2,
+    wm_indices=8,
+    ac_indices=8,
+    imag_horizon=3,
+    units=32,
+    dyn_deter=32,
+    dyn_stoch=4,
+    dyn_discrete=4,
+    dyn_hidden=16,
     policy_kwargs=dict(encoder_units=32, encoder_layers=1, actor_critic_layers=1, head_layers=1),
 )
 
 
 def rooms_env(n_envs: int = 2, seed: int = 0, sub_episode_length: int = 10):
-    return make_vec_env("MetaRooms-1-v0", n_envs=n_envs, seed=seed,
-                        env_kwargs={"sub_episode_length": sub_episode_length})
+    return make_vec_env(
+        "MetaRooms-1-v0", n_envs=n_envs, seed=seed, env_kwargs={"sub_episode_length": sub_episode_length}
+    )
 
 
 def tiny_model(env, **kwargs) -> MAMBA:
@@ -52,9 +62,19 @@ def test_logged_keys(tmp_path):
     model.set_logger(logger)
     model.learn(120, log_interval=2)
     header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
-    for key in ["rollout/ep_rew_mean", "rollout/sub_episode_return_0", "rollout/sub_episode_return_1",
-                "train/wm_loss", "train/kl", "train/reward_loss", "train/actor_loss", "train/critic_loss",
-                "train/wm_horizon", "time/fps", "train/buffer_bytes"]:
+    for key in [
+        "rollout/ep_rew_mean",
+        "rollout/sub_episode_return_0",
+        "rollout/sub_episode_return_1",
+        "train/wm_loss",
+        "train/kl",
+        "train/reward_loss",
+        "train/actor_loss",
+        "train/critic_loss",
+        "train/wm_horizon",
+        "time/fps",
+        "train/buffer_bytes",
+    ]:
         assert key in header, key
 
 
@@ -68,12 +88,13 @@ def test_wm_horizon_schedule_grows_with_env_steps():
 
 
 def test_continuous_actions_and_single_env_id_string():
-    model = MAMBA("RSSMPolicy", "MetaPointRobot-v0", seed=0,
-                  **{**TINY, "meta_episode_length": None, "prefill_episodes": 1})
+    model = MAMBA(
+        "RSSMPolicy", "MetaPointRobot-v0", seed=0, **{**TINY, "meta_episode_length": None, "prefill_episodes": 1}
+    )
     assert model.n_envs == 1 and model.meta_episode_length == 300
     model.learn(400)
     assert model._n_updates > 0
-    action, state = model.predict(np.zeros(4, np.float32))
+    action, _state = model.predict(np.zeros(4, np.float32))
     assert action.shape == (2,) and np.all(np.abs(action) <= 1.0)
 
 
@@ -147,8 +168,13 @@ def test_evaluate_policy_and_callbacks(tmp_path):
             return True
 
     counter = CountSteps()
-    eval_cb = EvalCallback(rooms_env(n_envs=1, seed=5), eval_freq=40, n_eval_episodes=2,
-                           log_path=str(tmp_path / "eval"), best_model_save_path=str(tmp_path / "best"))
+    eval_cb = EvalCallback(
+        rooms_env(n_envs=1, seed=5),
+        eval_freq=40,
+        n_eval_episodes=2,
+        log_path=str(tmp_path / "eval"),
+        best_model_save_path=str(tmp_path / "best"),
+    )
     ckpt_cb = CheckpointCallback(save_freq=50, save_path=str(tmp_path / "ckpt"), save_replay_buffer=True)
     model = tiny_model(env)
     model.learn(200, callback=[counter, eval_cb, ckpt_cb])
@@ -157,7 +183,7 @@ def test_evaluate_policy_and_callbacks(tmp_path):
     assert (tmp_path / "best" / "best_model.zip").is_file()
     ckpts = sorted(os.listdir(tmp_path / "ckpt"))
     assert any(f.endswith("_steps.zip") for f in ckpts) and any("replay_buffer" in f for f in ckpts)
-    mean, std = evaluate_policy(model, env, n_eval_episodes=4)
+    mean, _std = evaluate_policy(model, env, n_eval_episodes=4)
     assert np.isfinite(mean) and -2.0 <= mean <= 40.0  # Rooms-1, K=2, T=10
 
 
@@ -177,11 +203,17 @@ def test_stop_training_callback():
 
 @pytest.mark.parametrize("preset", ["mamba", "dreamer_tune", "dreamer_vanilla"])
 def test_presets_train_on_the_same_env(preset):
-    small = {k: v for k, v in TINY.items() if k not in ("units", "dyn_deter", "dyn_stoch", "dyn_discrete",
-                                                       "dyn_hidden", "wm_indices", "ac_indices")}
+    small = {
+        k: v
+        for k, v in TINY.items()
+        if k not in ("units", "dyn_deter", "dyn_stoch", "dyn_discrete", "dyn_hidden", "wm_indices", "ac_indices")
+    }
     model = MAMBA("RSSMPolicy", rooms_env(), preset=preset, seed=0, batch_length=8, **small)
-    expected = {"mamba": (128, 16, 64, "prefix"), "dreamer_tune": (128, 16, 64, "window"),
-                "dreamer_vanilla": (512, 32, 512, "window")}[preset]
+    expected = {
+        "mamba": (128, 16, 64, "prefix"),
+        "dreamer_tune": (128, 16, 64, "window"),
+        "dreamer_vanilla": (512, 32, 512, "window"),
+    }[preset]
     sizes = model.network_sizes
     assert (sizes["units"], sizes["dyn_stoch"], sizes["dyn_hidden"], model.sampling) == expected
     model.learn(60)
@@ -241,17 +273,20 @@ def test_unsupported_spaces_raise_clear_errors():
         MAMBA("RSSMPolicy", TupleObsEnv(), meta_episode_length=10)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"batch_size": 0}, "batch_size"),
-    ({"discount": 1.5}, "discount"),
-    ({"sampling": "random"}, "sampling"),
-    ({"preset": "dreamer_v9"}, "preset"),
-    ({"wm_indices": -3}, "wm_indices"),
-    ({"dyn_deter": 0}, "dyn_deter"),
-    ({"train_ratio": 0.0}, "train_ratio"),
-    ({"buffer_size": 10}, "buffer_size"),
-    ({"wm_horizon_initial": 5, "wm_horizon_steps": 0}, "wm_horizon_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"discount": 1.5}, "discount"),
+        ({"sampling": "random"}, "sampling"),
+        ({"preset": "dreamer_v9"}, "preset"),
+        ({"wm_indices": -3}, "wm_indices"),
+        ({"dyn_deter": 0}, "dyn_deter"),
+        ({"train_ratio": 0.0}, "train_ratio"),
+        ({"buffer_size": 10}, "buffer_size"),
+        ({"wm_horizon_initial": 5, "wm_horizon_steps": 0}, "wm_horizon_steps"),
+    ],
+)
 def test_invalid_hyperparameters_raise(kwargs, name):
     with pytest.raises(ValueError, match=name):
         MAMBA("RSSMPolicy", rooms_env(), **{**TINY, **kwargs})

@@ -105,20 +105,27 @@ def test_gru_cell_kernel_with_shared_states_matches_the_eager_cell_on_gathered_r
     cell = make_cell()
     x, h = torch.randn(1001, 8), torch.randn(37, 32).tanh()  # 1001 rows share 37 states
     rows = torch.randint(37, (1001,))
-    with torch.no_grad(), threads(thread_count), torch.autocast("cpu", torch.bfloat16,
-                                                                 enabled=dtype == torch.bfloat16):
+    with torch.no_grad(), threads(thread_count), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
         proj = project_hidden(cell, h)
         input_gates = torch.nn.functional.linear(x, cell.linear.weight[:, :8])
-        shared_out = native.gru_cell(input_gates, h, cell.norm.weight, folded_norm_bias(cell.norm.bias),
-                                     cell.norm.eps, state_pre=proj.to(input_gates.dtype), rows=rows)
+        shared_out = native.gru_cell(
+            input_gates,
+            h,
+            cell.norm.weight,
+            folded_norm_bias(cell.norm.bias),
+            cell.norm.eps,
+            state_pre=proj.to(input_gates.dtype),
+            rows=rows,
+        )
         eager_out = cell(x, h[rows])
     # bfloat16: the kernel adds the two gate halves after rounding each (ATen's matmul rounds their sum)
     tolerance = dict(rtol=1e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=0, atol=1e-2)
     assert shared_out is not None
     torch.testing.assert_close(shared_out, eager_out, **tolerance)
     with pytest.raises(IndexError, match="rows must index"):
-        native.gru_cell(torch.zeros(3, 96), h, cell.norm.weight, cell.norm.bias, 1e-3, proj.float(),
-                        torch.tensor([0, 37, 1]))
+        native.gru_cell(
+            torch.zeros(3, 96), h, cell.norm.weight, cell.norm.bias, 1e-3, proj.float(), torch.tensor([0, 37, 1])
+        )
 
 
 @needs_kernels
@@ -158,8 +165,12 @@ def test_gru_step_equals_the_eager_cell(grad, use_c):
     with torch.set_grad_enabled(grad):
         proj = project_hidden(cell, h)
         eager_out = cell(x, h[rows])
-        for out in (gru_step(cell, x, h, proj, rows, use_c), gru_step(cell, x, h, None, rows, use_c),
-                    gru_step(cell, x, h[rows], proj[rows], None, use_c), gru_step(cell, x, h[rows], use_c=use_c)):
+        for out in (
+            gru_step(cell, x, h, proj, rows, use_c),
+            gru_step(cell, x, h, None, rows, use_c),
+            gru_step(cell, x, h[rows], proj[rows], None, use_c),
+            gru_step(cell, x, h[rows], use_c=use_c),
+        ):
             assert out.requires_grad == grad
             torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=2e-6)
 
@@ -199,11 +210,14 @@ def test_the_kernels_check_their_inputs():
     with pytest.raises(RuntimeError, match="norm_weight must have shape"):
         library.gru_cell(torch.zeros(4, 96), torch.zeros(4, 32), torch.ones(95), torch.zeros(96), 1e-3)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
-        library.gru_cell(torch.zeros(4, 96, dtype=torch.float64), torch.zeros(4, 32), torch.ones(96),
-                         torch.zeros(96), 1e-3)
+        library.gru_cell(
+            torch.zeros(4, 96, dtype=torch.float64), torch.zeros(4, 32), torch.ones(96), torch.zeros(96), 1e-3
+        )
     scan = torch.classes.sb3_mamba.PosteriorScan(
         {"T": 2, "B": 3, "D": 4, "U": 5, "S": 2, "C": 3, "A": 1, "bf16": 0},
-        {"unimix": 0.01, "grad_scale": 1.0, "eps_in": 1e-3, "eps_gru": 1e-3, "eps_post": 1e-3}, {})
+        {"unimix": 0.01, "grad_scale": 1.0, "eps_in": 1e-3, "eps_gru": 1e-3, "eps_post": 1e-3},
+        {},
+    )
     with pytest.raises(RuntimeError, match="deter must have shape \\[2, 3, 4\\]"):
         scan.attach({"deter": torch.zeros(2, 3, 5)})
     with pytest.raises(RuntimeError, match="no buffer named 'detre'"):

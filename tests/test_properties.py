@@ -38,8 +38,9 @@ def play_plan(n_envs: int, lengths: list[list[int]], capacity: int, seed: int):
     episode = [0] * n_envs
     t = [0] * n_envs
     completed: list[dict[str, Any]] = []  # in completion order
-    current = [{"obs": [observation(i, 0, 0)], "action": [0], "reward": [0.0], "terminated": [False]}
-               for i in range(n_envs)]
+    current = [
+        {"obs": [observation(i, 0, 0)], "action": [0], "reward": [0.0], "terminated": [False]} for i in range(n_envs)
+    ]
     steps = max((sum(ls) for ls in lengths), default=0) + 3
     for _ in range(steps):
         obs = np.stack([observation(i, episode[i], t[i]) for i in range(n_envs)])
@@ -63,8 +64,12 @@ def play_plan(n_envs: int, lengths: list[list[int]], capacity: int, seed: int):
                 completed.append(record)
                 episode[i] += 1
                 t[i] = 0
-                current[i] = {"obs": [observation(i, episode[i], 0)], "action": [0], "reward": [0.0],
-                              "terminated": [False]}
+                current[i] = {
+                    "obs": [observation(i, episode[i], 0)],
+                    "action": [0],
+                    "reward": [0.0],
+                    "terminated": [False],
+                }
     return buffer, completed
 
 
@@ -74,7 +79,7 @@ def test_buffer_stores_evicts_and_counts(plan):
     buffer, completed = play_plan(*plan)
     capacity = plan[2]
     assert buffer.num_episodes_added == len(completed)
-    kept = completed[len(completed) - len(buffer):]  # eviction drops the oldest first
+    kept = completed[len(completed) - len(buffer) :]  # eviction drops the oldest first
     assert len(buffer) == len(kept)
     sizes = [len(ep["obs"]) for ep in kept]
     assert buffer.num_entries == sum(sizes)
@@ -83,7 +88,7 @@ def test_buffer_stores_evicts_and_counts(plan):
     if len(buffer) < len(completed):  # something was evicted: one more episode would not have fitted
         previous = completed[len(completed) - len(buffer) - 1]
         assert buffer.num_entries + len(previous["obs"]) > capacity
-    for stored, expected in zip(buffer.episodes, kept):
+    for stored, expected in zip(buffer.episodes, kept, strict=True):
         np.testing.assert_array_equal(stored["obs"], np.stack(expected["obs"]))
         one_hot = np.zeros((len(expected["action"]), N_ACTIONS), dtype=np.float32)
         for k, a in enumerate(expected["action"]):
@@ -105,8 +110,10 @@ def test_buffer_samples_prefixes_and_windows_of_stored_episodes(plan, length, ba
         return
     stored = {tuple(ep["obs"][0, :2]): ep for ep in buffer.episodes}  # (env, episode) -> episode
     rng = np.random.default_rng(seed)
-    for batch, prefix in ((buffer.sample_prefixes(batch_size, length, rng), True),
-                          (buffer.sample_windows(batch_size, length, rng), False)):
+    for batch, prefix in (
+        (buffer.sample_prefixes(batch_size, length, rng), True),
+        (buffer.sample_windows(batch_size, length, rng), False),
+    ):
         assert batch.obs.shape == (batch_size, length, 3) and batch.mask.shape == (batch_size, length)
         assert batch.is_first[:, 0].all() and not batch.is_first[:, 1:].any()
         for b in range(batch_size):
@@ -116,9 +123,9 @@ def test_buffer_samples_prefixes_and_windows_of_stored_episodes(plan, length, ba
             start = int(batch.obs[b, 0, 2])
             assert start == 0 if prefix else 0 <= start <= max(len(episode["obs"]) - length, 0)
             assert n == min(length, len(episode["obs"]) - start)
-            np.testing.assert_array_equal(batch.obs[b, :n], episode["obs"][start:start + n])
-            np.testing.assert_array_equal(batch.action[b, :n], episode["action"][start:start + n])
-            np.testing.assert_array_equal(batch.reward[b, :n], episode["reward"][start:start + n])
+            np.testing.assert_array_equal(batch.obs[b, :n], episode["obs"][start : start + n])
+            np.testing.assert_array_equal(batch.action[b, :n], episode["action"][start : start + n])
+            np.testing.assert_array_equal(batch.reward[b, :n], episode["reward"][start : start + n])
             assert not batch.obs[b, n:].any() and not batch.reward[b, n:].any()  # zero padding
 
 
@@ -157,8 +164,12 @@ class ScriptedTask(TaskEnv[int]):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 8), st.lists(st.tuples(st.integers(1, 10), st.booleans()), max_size=4),
-       st.integers(0, 2**16))
+@given(
+    st.integers(1, 4),
+    st.integers(1, 8),
+    st.lists(st.tuples(st.integers(1, 10), st.booleans()), max_size=4),
+    st.integers(0, 2**16),
+)
 def test_meta_episode_bookkeeping(num_sub_episodes, sub_episode_length, ends, seed):
     env = MetaEpisodeEnv(ScriptedTask(ends), num_sub_episodes, sub_episode_length)
     horizon = num_sub_episodes * sub_episode_length
@@ -167,7 +178,7 @@ def test_meta_episode_bookkeeping(num_sub_episodes, sub_episode_length, ends, se
     np.testing.assert_array_equal(obs, [0.0, 0.0, 0.0])
     expected_lengths = []
     for k in range(num_sub_episodes):
-        end, terminal = ends[k] if k < len(ends) else (10**9, False)
+        end, _terminal = ends[k] if k < len(ends) else (10**9, False)
         expected_lengths.append(min(end, sub_episode_length))
     t, done, k, sub_t = 0, False, 0, 0
     while not done:

@@ -106,7 +106,7 @@ def test_corrupted_model_file(saved_model, tmp_path):
         data[i] ^= 0xFF
     bad = tmp_path / "corrupted.zip"
     bad.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="policy.pth.*CRC"):
+    with pytest.raises(CheckpointError, match=r"policy.pth.*CRC"):
         MAMBA.load(bad)
 
 
@@ -127,7 +127,9 @@ def test_not_a_zip_and_zip_without_model(tmp_path):
 def test_foreign_model_file(tmp_path):
     path = tmp_path / "ppo.zip"
     PPO("MlpPolicy", "CartPole-v1", n_steps=16, batch_size=16).save(path)
-    with pytest.raises(CheckpointError, match="not saved by sb3-mamba.*stable_baselines3.common.policies.ActorCriticPolicy"):
+    with pytest.raises(
+        CheckpointError, match=r"not saved by sb3-mamba.*stable_baselines3\.common\.policies\.ActorCriticPolicy"
+    ):
         MAMBA.load(path)
 
 
@@ -142,7 +144,7 @@ def test_newer_format_is_refused(saved_model, tmp_path):
                 data["_checkpoint_format"] = CHECKPOINT_FORMAT + 1
                 payload = json.dumps(data).encode()
             dst.writestr(item, payload)
-    with pytest.raises(CheckpointError, match="format 2.*upgrade"):
+    with pytest.raises(CheckpointError, match=r"format 2.*upgrade"):
         MAMBA.load(newer)
 
 
@@ -172,16 +174,19 @@ def test_bad_replay_buffer_files(saved_model, tmp_path):
     model.load_replay_buffer(buffer)  # the good one still loads
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"units": -8}, "units"),
-    ({"dyn_stoch": -1}, "dyn_stoch"),
-    ({"batch_size": 2.5}, "batch_size"),
-    ({"sampling": "window", "batch_length": 64}, "batch_length"),
-    ({"wm_horizon_initial": 5, "wm_horizon_steps": -10}, "wm_horizon_steps"),
-    ({"learning_rate": -1e-4}, "learning_rate"),
-    ({"prefill_episodes": -1}, "prefill_episodes"),
-    ({"slow_critic_fraction": 0.0}, "slow_critic_fraction"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"units": -8}, "units"),
+        ({"dyn_stoch": -1}, "dyn_stoch"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"sampling": "window", "batch_length": 64}, "batch_length"),
+        ({"wm_horizon_initial": 5, "wm_horizon_steps": -10}, "wm_horizon_steps"),
+        ({"learning_rate": -1e-4}, "learning_rate"),
+        ({"prefill_episodes": -1}, "prefill_episodes"),
+        ({"slow_critic_fraction": 0.0}, "slow_critic_fraction"),
+    ],
+)
 def test_more_invalid_hyperparameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         MAMBA("RSSMPolicy", rooms_env(), **{**TINY, **kwargs})
@@ -209,8 +214,14 @@ class InjectNaN(gym.Wrapper):
 
 @pytest.mark.parametrize("what, message", [("reward", "non-finite reward"), ("obs", "non-finite observation")])
 def test_non_finite_env_data_stops_training_and_keeps_checkpoint(tmp_path, what, message):
-    env = make_vec_env("MetaRooms-1-v0", n_envs=2, seed=0, env_kwargs={"sub_episode_length": 10},
-                       wrapper_class=InjectNaN, wrapper_kwargs={"what": what, "at": 45})
+    env = make_vec_env(
+        "MetaRooms-1-v0",
+        n_envs=2,
+        seed=0,
+        env_kwargs={"sub_episode_length": 10},
+        wrapper_class=InjectNaN,
+        wrapper_kwargs={"what": what, "at": 45},
+    )
     model = tiny_model(env)
     with pytest.raises(NonFiniteError, match=f"{message} \\(env 0 of the VecEnv, after env step 88\\)"):
         model.learn(200, callback=CheckpointCallback(10, str(tmp_path), save_replay_buffer=True))

@@ -27,7 +27,9 @@ TOTAL = 400
 def run_worker(run_dir: pathlib.Path, env_id: str, *args: str) -> int:
     result = subprocess.run(
         [sys.executable, str(WORKER), str(run_dir), "--total", str(TOTAL), "--env", env_id, *args],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if result.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(f"worker failed ({result.returncode}):\n{result.stderr[-3000:]}")
@@ -47,7 +49,7 @@ def assert_same_tree(a, b, where: str) -> None:
             assert_same_tree(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_tree(x, y, f"{where}[{i}]")
     elif isinstance(a, torch.Tensor):
         assert torch.equal(a, b), where
@@ -71,13 +73,16 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("env_id, kill_seed", [
-    ("MetaRooms-1-v0", 2024),  # discrete actions
-    ("MetaReacher-1-v0", 7),  # continuous actions, MuJoCo physics state
-    pytest.param("MetaRooms-1-v0", 1, marks=pytest.mark.slow),
-    pytest.param("MetaPointRobotWind-v0", 2, marks=pytest.mark.slow),  # wind noise from the env's generator
-    pytest.param("MetaEscapeRoom-v0", 3, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "env_id, kill_seed",
+    [
+        ("MetaRooms-1-v0", 2024),  # discrete actions
+        ("MetaReacher-1-v0", 7),  # continuous actions, MuJoCo physics state
+        pytest.param("MetaRooms-1-v0", 1, marks=pytest.mark.slow),
+        pytest.param("MetaPointRobotWind-v0", 2, marks=pytest.mark.slow),  # wind noise from the env's generator
+        pytest.param("MetaEscapeRoom-v0", 3, marks=pytest.mark.slow),
+    ],
+)
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, uninterrupted, env_id, kill_seed):
     uninterrupted = uninterrupted(env_id)
     kill_points = sorted(np.random.default_rng(kill_seed).choice(np.arange(50, TOTAL - 10, 2), 3, replace=False))

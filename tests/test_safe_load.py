@@ -22,8 +22,18 @@ from sb3_mamba.buffers import MetaEpisodeBuffer
 from sb3_mamba.safe_load import SAFE_DATA_KEY, load_replay_npz, save_replay_npz
 
 SMALL = dict(
-    seed=0, prefill_episodes=2, batch_size=4, train_ratio=0.2, wm_indices=8, ac_indices=8, imag_horizon=3,
-    units=16, dyn_deter=16, dyn_stoch=4, dyn_discrete=4, dyn_hidden=16,
+    seed=0,
+    prefill_episodes=2,
+    batch_size=4,
+    train_ratio=0.2,
+    wm_indices=8,
+    ac_indices=8,
+    imag_horizon=3,
+    units=16,
+    dyn_deter=16,
+    dyn_stoch=4,
+    dyn_discrete=4,
+    dyn_hidden=16,
     policy_kwargs=dict(encoder_units=16, reconstruction_window=0),
 )
 
@@ -80,7 +90,10 @@ def test_safe_load_gives_the_same_model_without_unpickling(tmp_path, monkeypatch
     loaded = MAMBA.load(path, env=env, safe=True)
     monkeypatch.undo()
     assert (loaded.num_timesteps, loaded._n_updates, loaded._episode_num) == (
-        model.num_timesteps, model._n_updates, model._episode_num)
+        model.num_timesteps,
+        model._n_updates,
+        model._episode_num,
+    )
     assert loaded.observation_space == model.observation_space and loaded.action_space == model.action_space
     assert loaded.policy_class is type(model.policy)
     assert loaded._rng.bit_generator.state == model._rng.bit_generator.state
@@ -116,8 +129,9 @@ def test_safe_load_refuses_a_pickled_data_entry_naming_it(tmp_path):
     model = MAMBA("RSSMPolicy", rooms_env(), **SMALL)
     model.save(tmp_path / "mamba.zip")
     marker = tmp_path / "code_ran"
-    evil = rewrite_zip(tmp_path / "mamba.zip", tmp_path / "evil.zip",
-                       data=lambda data: {**data, "evil": serialized(Exploit(marker))})
+    evil = rewrite_zip(
+        tmp_path / "mamba.zip", tmp_path / "evil.zip", data=lambda data: {**data, "evil": serialized(Exploit(marker))}
+    )
     with pytest.raises(UnsafeFileError, match=r"data entry 'evil'.*pickled.*custom_objects"):
         MAMBA.load(evil, safe=True)
     assert not marker.exists()
@@ -125,14 +139,20 @@ def test_safe_load_refuses_a_pickled_data_entry_naming_it(tmp_path):
     assert marker.exists()
 
     # a file without the plain descriptions (an older save) is refused entry by entry, not unpickled
-    bare = rewrite_zip(tmp_path / "mamba.zip", tmp_path / "bare.zip",
-                       data=lambda data: {k: v for k, v in data.items() if k != SAFE_DATA_KEY})
+    bare = rewrite_zip(
+        tmp_path / "mamba.zip",
+        tmp_path / "bare.zip",
+        data=lambda data: {k: v for k, v in data.items() if k != SAFE_DATA_KEY},
+    )
     with pytest.raises(UnsafeFileError, match="'policy_class'"):
         MAMBA.load(bare, safe=True)
     # a policy class that is not MAMBA's
-    foreign = rewrite_zip(tmp_path / "mamba.zip", tmp_path / "foreign.zip", data=lambda data: {
-        **data, SAFE_DATA_KEY: {**data[SAFE_DATA_KEY], "policy_class": "os.system"}})
-    with pytest.raises(UnsafeFileError, match="'os.system' is not one of"):
+    foreign = rewrite_zip(
+        tmp_path / "mamba.zip",
+        tmp_path / "foreign.zip",
+        data=lambda data: {**data, SAFE_DATA_KEY: {**data[SAFE_DATA_KEY], "policy_class": "os.system"}},
+    )
+    with pytest.raises(UnsafeFileError, match=r"'os\.system' is not one of"):
         MAMBA.load(foreign, safe=True)
 
 
@@ -163,7 +183,11 @@ def test_npz_replay_round_trip_gives_the_same_batches(tmp_path):
     other.load_replay_buffer(path, safe=True)
     restored = other.replay_buffer
     assert (len(restored), restored.num_entries, restored.num_episodes_added, restored.capacity) == (
-        len(buffer), buffer.num_entries, buffer.num_episodes_added, buffer.capacity)
+        len(buffer),
+        buffer.num_entries,
+        buffer.num_episodes_added,
+        buffer.capacity,
+    )
     assert restored.nbytes == buffer.nbytes
     for sample in ("sample_prefixes", "sample_windows"):
         a = getattr(buffer, sample)(8, 7, np.random.default_rng(1))
@@ -171,12 +195,18 @@ def test_npz_replay_round_trip_gives_the_same_batches(tmp_path):
         for field in ("obs", "action", "reward", "terminated", "is_first", "mask"):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     # the meta-episodes in progress continue: finishing them stores the same meta-episodes
-    last_step = (np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32), np.eye(4, dtype=np.float32)[[0, 1]],
-                 np.ones(2), np.zeros(2, bool), np.ones(2, bool))
+    last_step = (
+        np.zeros((2, 4), np.float32),
+        np.zeros((2, 4), np.float32),
+        np.eye(4, dtype=np.float32)[[0, 1]],
+        np.ones(2),
+        np.zeros(2, bool),
+        np.ones(2, bool),
+    )
     for source in (buffer, restored):
         source.add(*last_step)
     assert len(restored) == len(buffer)
-    for a, b in zip(buffer.episodes, restored.episodes):
+    for a, b in zip(buffer.episodes, restored.episodes, strict=True):
         for field in ("obs", "action", "reward", "terminated"):
             np.testing.assert_array_equal(a[field], b[field])
 
@@ -201,7 +231,7 @@ def test_npz_replay_keeps_dict_observations():
         assert b.obs[key].dtype == a.obs[key].dtype
         np.testing.assert_array_equal(a.obs[key], b.obs[key])
     assert [e is None for e in restored._open] == [e is None for e in buffer._open] == [True, False]
-    for x, y in zip(buffer._open[1], restored._open[1]):
+    for x, y in zip(buffer._open[1], restored._open[1], strict=True):
         np.testing.assert_array_equal(x[0]["image"], y[0]["image"])
         np.testing.assert_array_equal(x[1], y[1])
         assert (np.float32(x[2]), x[3]) == (y[2], y[3])  # rewards at the float32 of stored meta-episodes

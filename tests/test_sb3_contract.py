@@ -71,7 +71,7 @@ def test_predict_single_discrete_observation_returns_an_ndarray_and_rejects_obs_
     env = gym.make("MetaRooms-1-v0", sub_episode_length=10)
     model = tiny_model(env)
     obs, info = env.reset(seed=0)
-    action, state = model.predict(obs)
+    action, _state = model.predict(obs)
     assert isinstance(action, np.ndarray) and action.shape == ()
     assert env.action_space.contains(int(action))
     with pytest.raises(ValueError, match="VecEnv API"):

@@ -55,10 +55,10 @@ def test_replay_holds_raw_data_and_batches_are_normalised_when_sampled():
     assert len(buffer) == 6  # 3 meta-episodes per env, stored env by env as they finish together
     for index, episode in enumerate(buffer.episodes):
         env, k = index % 2, index // 2
-        raw_obs = np.stack(recorder.obs[env][k * (H + 1):(k + 1) * (H + 1)])
+        raw_obs = np.stack(recorder.obs[env][k * (H + 1) : (k + 1) * (H + 1)])
         np.testing.assert_array_equal(episode["obs"][:-1], raw_obs[:-1])
         np.testing.assert_allclose(episode["obs"][-1], raw_obs[-1], rtol=1e-5, atol=1e-6)  # (normalised, back)
-        np.testing.assert_array_equal(episode["reward"], [0.0, *recorder.rewards[env][k * H:(k + 1) * H]])
+        np.testing.assert_array_equal(episode["reward"], [0.0, *recorder.rewards[env][k * H : (k + 1) * H]])
     assert not np.allclose(venv.normalize_obs(buffer.episodes[0]["obs"]), buffer.episodes[0]["obs"])
     # the open meta-episodes hold raw observations too; acting uses the normalised ones
     np.testing.assert_array_equal(buffer._open[0][-1][0], recorder.obs[0][-1])

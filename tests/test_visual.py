@@ -17,10 +17,13 @@ PIXEL_IDS = ["MetaReacherPixels-v0", "MetaPandaReacher-v0"]
 
 
 # both policy names select the CNN for the image key (SB3 itself refuses "CnnPolicy" on Dict spaces)
-@pytest.mark.parametrize("env_id, policy", [
-    pytest.param(param.values[0], policy, marks=param.marks)
-    for param, policy in zip(env_params(PIXEL_IDS), ["MultiInputPolicy", "RSSMPolicy"])
-])
+@pytest.mark.parametrize(
+    "env_id, policy",
+    [
+        pytest.param(param.values[0], policy, marks=param.marks)
+        for param, policy in zip(env_params(PIXEL_IDS), ["MultiInputPolicy", "RSSMPolicy"], strict=True)
+    ],
+)
 def test_mamba_trains_on_pixels_and_round_trips(env_id, policy, tmp_path):
     env = make_vec_env(env_id, n_envs=2, seed=0, env_kwargs={"sub_episode_length": 6})
     model = MAMBA(policy, env, seed=0, **{**TINY, "learning_rate": 2e-4})
@@ -48,9 +51,9 @@ def test_mamba_trains_on_pixels_and_round_trips(env_id, policy, tmp_path):
     obs = env.reset()
     starts = np.ones(2, dtype=bool)
     torch.manual_seed(0)  # the latent is sampled: the same draws for both
-    action_a, state_a = model.predict(obs, None, starts, deterministic=True)
+    action_a, _ = model.predict(obs, None, starts, deterministic=True)
     torch.manual_seed(0)
-    action_b, state_b = loaded.predict(obs, None, starts, deterministic=True)
+    action_b, _ = loaded.predict(obs, None, starts, deterministic=True)
     assert action_a.shape == (2, action_dim) and env.action_space.contains(action_a[0])
     np.testing.assert_array_equal(action_a, action_b)
     env.close()

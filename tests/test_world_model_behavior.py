@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from sb3_mamba.behavior import ActorCritic, ImaginationStarts, ReturnNormalizer, frozen, lambda_returns
+from sb3_mamba.behavior import ActorCritic, ReturnNormalizer, frozen, lambda_returns
 from sb3_mamba.mamba import _imagination_starts
 from sb3_mamba.world_model import WorldModel, split_observation_space
 
@@ -51,15 +51,18 @@ def test_prediction_losses_only_at_sampled_indices():
 
 
 def test_image_and_vector_keys():
-    space = spaces.Dict({
-        "image": spaces.Box(0, 255, (16, 16, 3), np.uint8),
-        "reward_time": spaces.Box(-1, 1, (2,), np.float32),
-    })
+    space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, (16, 16, 3), np.uint8),
+            "reward_time": spaces.Box(-1, 1, (2,), np.float32),
+        }
+    )
     vectors, images = split_observation_space(space)
     assert vectors == {"reward_time": 2} and images == {"image": ((16, 16, 3), False)}
     wm = WorldModel(space, action_dim=2, cnn_depth=4, **SMALL)
-    obs = wm.preprocess({"image": torch.randint(0, 255, (2, 5, 16, 16, 3), dtype=torch.uint8),
-                         "reward_time": torch.zeros(2, 5, 2)})
+    obs = wm.preprocess(
+        {"image": torch.randint(0, 255, (2, 5, 16, 16, 3), dtype=torch.uint8), "reward_time": torch.zeros(2, 5, 2)}
+    )
     assert obs["image"].min() >= -0.5 and obs["image"].max() <= 0.5
     _, _, reward, terminated, is_first, mask = batch(B=2, T=5)
     _, metrics, _ = wm.loss(obs, torch.zeros(2, 5, 2), reward, terminated, is_first, mask, num_indices=3)
@@ -153,8 +156,12 @@ def test_mlp_outputs_equal_each_network_on_its_own():
     from sb3_mamba.networks import mlp
 
     torch.manual_seed(0)
-    nets = [mlp(12, 8, 2, out_dim=5), mlp(12, 8, 1, out_dim=1), mlp(12, 6, 2, out_dim=3), torch.nn.Sequential(
-        torch.nn.Linear(12, 4))]  # the last has a bias in its first layer: evaluated on its own
+    nets = [
+        mlp(12, 8, 2, out_dim=5),
+        mlp(12, 8, 1, out_dim=1),
+        mlp(12, 6, 2, out_dim=3),
+        torch.nn.Sequential(torch.nn.Linear(12, 4)),
+    ]  # the last has a bias in its first layer: evaluated on its own
     x = torch.randn(2, 9, 12)
     for merged, alone in zip(mlp_outputs(x, nets), [net(x) for net in nets], strict=True):
         torch.testing.assert_close(merged, alone)

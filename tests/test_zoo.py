@@ -14,15 +14,25 @@ import yaml
 from sb3_contrib import RecurrentPPO
 from stable_baselines3.common.env_util import make_vec_env
 
+from sb3_mamba.zoo import HYPERPARAMS_DIR, ZOO_ALGOS, _pop_option, _with_defaults
 from sb3_mamba_envs import ENV_IDS
 from tests.rendering import PIXEL_MUJOCO_IDS, can_render
-from sb3_mamba.zoo import HYPERPARAMS_DIR, ZOO_ALGOS, _pop_option, _with_defaults
 
 pytest.importorskip("rl_zoo3")
 
 ALGO_CLASSES = {**ZOO_ALGOS, "ppo_lstm": RecurrentPPO}
-ZOO_ONLY_KEYS = ("n_timesteps", "n_envs", "policy", "normalize", "env_wrapper", "frame_stack", "callback",
-                 "monitor_kwargs")
+ZOO_ONLY_KEYS = (
+    "n_timesteps",
+    "n_envs",
+    "policy",
+    "normalize",
+    "env_wrapper",
+    "frame_stack",
+    "callback",
+    "monitor_kwargs",
+)
+
+
 def load(algo: str, debug: bool = False) -> dict:
     folder = HYPERPARAMS_DIR / "debug" if debug else HYPERPARAMS_DIR
     return yaml.safe_load((folder / f"{algo}.yml").read_text())
@@ -89,8 +99,9 @@ def test_cli_commands_and_their_options(monkeypatch):
 
 
 def run_zoo(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "sb3_mamba.zoo", *args], capture_output=True, text=True,
-                            timeout=600, cwd=cwd)
+    result = subprocess.run(
+        [sys.executable, "-m", "sb3_mamba.zoo", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -99,24 +110,66 @@ def run_zoo(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("env_id", ["MetaRooms-1-v0", "MetaEscapeRoom-v0"])
 def test_zoo_cli_trains_and_leaves_the_run_folder(algo, env_id, tmp_path):
     steps = "480" if env_id == "MetaEscapeRoom-v0" else "800"
-    run_zoo(["train", "--algo", algo, "--env", env_id, "-f", str(tmp_path), "-n", steps, "--eval-freq", "240",
-             "--eval-episodes", "2", "--seed", "0", *debug_conf(algo)], tmp_path)
+    run_zoo(
+        [
+            "train",
+            "--algo",
+            algo,
+            "--env",
+            env_id,
+            "-f",
+            str(tmp_path),
+            "-n",
+            steps,
+            "--eval-freq",
+            "240",
+            "--eval-episodes",
+            "2",
+            "--seed",
+            "0",
+            *debug_conf(algo),
+        ],
+        tmp_path,
+    )
     run_dir = tmp_path / algo / f"{env_id}_1"
     assert (run_dir / f"{env_id}.zip").is_file()
     assert (run_dir / env_id / "config.yml").is_file()
     evaluations = np.load(run_dir / "evaluations.npz")
     assert evaluations["results"].shape[0] >= 1 and np.isfinite(evaluations["results"]).all()
     if algo == "mamba" and env_id == "MetaRooms-1-v0":
-        out = run_zoo(["enjoy", "--algo", algo, "--env", env_id, "-f", str(tmp_path), "--no-render", "-n", "400"],
-                      tmp_path)
+        out = run_zoo(
+            ["enjoy", "--algo", algo, "--env", env_id, "-f", str(tmp_path), "--no-render", "-n", "400"], tmp_path
+        )
         assert "Mean reward" in out.stdout
 
 
 def test_optuna_tuning_through_the_zoo_with_shared_storage(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = ["train", "--algo", "mamba", "--env", "MetaRooms-1-v0", "-f", str(tmp_path), "-n", "300", "-optimize",
-            "--n-trials", "2", "--n-jobs", "1", "--sampler", "random", "--seed", "0", "--storage", storage,
-            "--study-name", "mamba-test", *debug_conf("mamba")]
+    args = [
+        "train",
+        "--algo",
+        "mamba",
+        "--env",
+        "MetaRooms-1-v0",
+        "-f",
+        str(tmp_path),
+        "-n",
+        "300",
+        "-optimize",
+        "--n-trials",
+        "2",
+        "--n-jobs",
+        "1",
+        "--sampler",
+        "random",
+        "--seed",
+        "0",
+        "--storage",
+        storage,
+        "--study-name",
+        "mamba-test",
+        *debug_conf("mamba"),
+    ]
     run_zoo(args, tmp_path)
     import optuna
 
@@ -131,8 +184,11 @@ def test_optuna_tuning_through_the_zoo_with_shared_storage(tmp_path):
 POSTGRES_URL = os.environ.get("SB3_MAMBA_TEST_POSTGRES_URL")
 
 
-@pytest.mark.skipif(not POSTGRES_URL, reason="SB3_MAMBA_TEST_POSTGRES_URL is unset: no PostgreSQL server to "
-                    "tune against (.ci/run starts one; or export postgresql+psycopg://user:pass@host/db)")
+@pytest.mark.skipif(
+    not POSTGRES_URL,
+    reason="SB3_MAMBA_TEST_POSTGRES_URL is unset: no PostgreSQL server to "
+    "tune against (.ci/run starts one; or export postgresql+psycopg://user:pass@host/db)",
+)
 def test_two_tuning_workers_at_once_fill_one_postgresql_study(tmp_path):
     """The README's multi-machine tuning: two zoo workers start together against one PostgreSQL study.
 
@@ -154,24 +210,53 @@ def test_two_tuning_workers_at_once_fill_one_postgresql_study(tmp_path):
         for worker, n_trials in enumerate((1, 2)):  # 1 + 2 trials: the study's 3 can only come from both
             folder = tmp_path / f"worker{worker}"
             folder.mkdir()
-            args = ["train", "--algo", "mamba", "--env", "MetaRooms-1-v0", "-f", str(folder), "-n", "300",
-                    "-optimize", "--n-trials", str(n_trials), "--n-jobs", "1", "--sampler", "random",
-                    "--seed", str(worker), "--storage", storage, "--study-name", "mamba-test",
-                    *debug_conf("mamba")]
-            workers.append(subprocess.Popen([sys.executable, "-m", "sb3_mamba.zoo", *args], cwd=folder,
-                                            text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            args = [
+                "train",
+                "--algo",
+                "mamba",
+                "--env",
+                "MetaRooms-1-v0",
+                "-f",
+                str(folder),
+                "-n",
+                "300",
+                "-optimize",
+                "--n-trials",
+                str(n_trials),
+                "--n-jobs",
+                "1",
+                "--sampler",
+                "random",
+                "--seed",
+                str(worker),
+                "--storage",
+                storage,
+                "--study-name",
+                "mamba-test",
+                *debug_conf("mamba"),
+            ]
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "sb3_mamba.zoo", *args],
+                    cwd=folder,
+                    text=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
         for process in workers:
             _, stderr = process.communicate(timeout=600)
             assert process.returncode == 0, stderr[-3000:]
 
         study = optuna.load_study(study_name="mamba-test", storage=storage)
         assert len(study.trials) == 3 and sorted(t.number for t in study.trials) == [0, 1, 2]
-        assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-                   for t in study.trials)
+        assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
         assert {"train_ratio", "imag_horizon", "dyn_deter"} <= set(study.trials[0].params)
         with admin.connect() as connection:  # the tables are in the test's schema, not elsewhere
-            tables = connection.execute(sa.text("SELECT table_name FROM information_schema.tables "
-                                                "WHERE table_schema = :schema"), {"schema": schema}).scalars()
+            tables = connection.execute(
+                sa.text("SELECT table_name FROM information_schema.tables WHERE table_schema = :schema"),
+                {"schema": schema},
+            ).scalars()
             assert {"studies", "trials"} <= set(tables)
     finally:
         for process in workers:
@@ -199,8 +284,19 @@ def test_zoo_continues_a_run_with_its_replay_buffer(tmp_path):
     from sb3_mamba import MAMBA
 
     env_id = "MetaRooms-1-v0"
-    common = ["--algo", "mamba", "--env", env_id, "-f", str(tmp_path), "--seed", "0", "--eval-freq", "-1",
-              *debug_conf("mamba")]
+    common = [
+        "--algo",
+        "mamba",
+        "--env",
+        env_id,
+        "-f",
+        str(tmp_path),
+        "--seed",
+        "0",
+        "--eval-freq",
+        "-1",
+        *debug_conf("mamba"),
+    ]
     run_zoo(["train", *common, "-n", "400", "--save-replay-buffer"], tmp_path)
     first_dir = tmp_path / "mamba" / f"{env_id}_1"
     assert (first_dir / "replay_buffer.pkl").is_file()
@@ -217,11 +313,31 @@ def test_record_video_and_plot_commands_on_a_tiny_run(tmp_path):
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
     env_id = "MetaRooms-1-v0"
     for seed in ("0", "1"):  # rl_zoo3's plot_from_file needs two runs (one leaves it nothing to plot)
-        run_zoo(["train", "--algo", "mamba", "--env", env_id, "-f", "logs", "-n", "400", "--eval-freq", "200",
-                 "--eval-episodes", "2", "--seed", seed, *debug_conf("mamba")], tmp_path)
+        run_zoo(
+            [
+                "train",
+                "--algo",
+                "mamba",
+                "--env",
+                env_id,
+                "-f",
+                "logs",
+                "-n",
+                "400",
+                "--eval-freq",
+                "200",
+                "--eval-episodes",
+                "2",
+                "--seed",
+                seed,
+                *debug_conf("mamba"),
+            ],
+            tmp_path,
+        )
 
-    out = run_zoo(["record-video", "--algo", "mamba", "--env", env_id, "-f", "logs", "-n", "30",
-                   "-o", "videos"], tmp_path)
+    out = run_zoo(
+        ["record-video", "--algo", "mamba", "--env", env_id, "-f", "logs", "-n", "30", "-o", "videos"], tmp_path
+    )
     video = tmp_path / "videos" / f"final-model-mamba-{env_id}-step-0-to-step-30.mp4"
     assert video.is_file(), out.stdout[-2000:]
     frames = imageio_ffmpeg.read_frames(str(video))
@@ -229,12 +345,13 @@ def test_record_video_and_plot_commands_on_a_tiny_run(tmp_path):
     assert min(meta["size"]) >= 256, meta["size"]  # large enough to see (Rooms: 260 x 260)
     assert sum(1 for _ in frames) == 31  # the reset frame and one per step
 
-    run_zoo(["all-plots", "-a", "mamba", "-e", env_id, "-f", "logs", "--no-display", "-o", "plots/scores"],
-            tmp_path)
-    run_zoo(["plot_from_file", "-i", "plots/scores.pkl", "-o", "plots/scores.png", "--format", "png"],
-            tmp_path)  # (rl_zoo3.cli's underscored name works too)
-    run_zoo(["plot-train", "--algo", "mamba", "--env", env_id, "-f", "logs", "-w", "1",
-             "-o", "plots/train.png"], tmp_path)
+    run_zoo(["all-plots", "-a", "mamba", "-e", env_id, "-f", "logs", "--no-display", "-o", "plots/scores"], tmp_path)
+    run_zoo(
+        ["plot_from_file", "-i", "plots/scores.pkl", "-o", "plots/scores.png", "--format", "png"], tmp_path
+    )  # (rl_zoo3.cli's underscored name works too)
+    run_zoo(
+        ["plot-train", "--algo", "mamba", "--env", env_id, "-f", "logs", "-w", "1", "-o", "plots/train.png"], tmp_path
+    )
     for name in ("train.png", "scores.pkl", "scores.png"):
         assert (tmp_path / "plots" / name).stat().st_size > 0, name
     assert (tmp_path / "plots" / "train.png").stat().st_size > 5000  # a drawn figure, not an empty canvas

@@ -26,9 +26,25 @@ def test_rl_zoo_trains_rl2_baseline_on_our_id(tmp_path):
     conf.write_text(CONFIG)
     logs = tmp_path / "logs"
     cmd = [
-        sys.executable, "-m", "rl_zoo3.train", "--algo", "ppo_lstm", "--env", "MetaRooms-1-v0",
-        "--gym-packages", "sb3_mamba_envs", "--conf-file", str(conf), "-f", str(logs),
-        "--eval-freq", "-1", "--seed", "0", "--vec-env", "subproc",
+        sys.executable,
+        "-m",
+        "rl_zoo3.train",
+        "--algo",
+        "ppo_lstm",
+        "--env",
+        "MetaRooms-1-v0",
+        "--gym-packages",
+        "sb3_mamba_envs",
+        "--conf-file",
+        str(conf),
+        "-f",
+        str(logs),
+        "--eval-freq",
+        "-1",
+        "--seed",
+        "0",
+        "--vec-env",
+        "subproc",
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

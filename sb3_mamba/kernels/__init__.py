@@ -24,7 +24,8 @@ the same update faster, each checked against eager by ``tests/test_kernels.py``
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,7 +76,10 @@ def select_backend(name: str, device: torch.device | str = "cpu") -> Backend:
 
     uses_c = device.type == "cpu" and native.posterior_scan_library() is not None
     return Backend(
-        "native", observe=posterior_scan.observe, imagine=imagination.imagine, prepare=layers.pad_wide_heads,
+        "native",
+        observe=posterior_scan.observe,
+        imagine=imagination.imagine,
+        prepare=layers.pad_wide_heads,
         detail="fused posterior unroll and imagination, " + ("C kernels" if uses_c else "ATen ops (no C kernels)"),
     )
 

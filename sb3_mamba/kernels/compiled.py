@@ -17,7 +17,8 @@ C++/OpenMP loops on CPU, Triton on GPU; ``mode="reduce-overhead"`` adds CUDA gra
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,8 +33,7 @@ def _compiled(function: Callable[..., Any], device_type: str) -> Callable[..., A
     return torch.compile(function, mode=mode, dynamic=False)
 
 
-def observe(rssm: RSSM, embed: Tensor, action: Tensor, is_first: Tensor,
-            sample: bool = True) -> tuple[State, State]:
+def observe(rssm: RSSM, embed: Tensor, action: Tensor, is_first: Tensor, sample: bool = True) -> tuple[State, State]:
     """:meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>` with each :meth:`~sb3_mamba.rssm.RSSM.obs_step`
     compiled (the reset blend applied at every step, so every step is one graph)."""
     obs_step = _compiled(RSSM.obs_step, embed.device.type)
@@ -56,5 +56,6 @@ def imagine(actor_critic: ActorCritic, world_model: Any, start: ImaginationStart
 def backend() -> Any:
     from sb3_mamba.kernels import Backend
 
-    return Backend("compile", observe=observe, imagine=imagine,
-                   detail="torch.compile of the eager posterior step and imagination")
+    return Backend(
+        "compile", observe=observe, imagine=imagine, detail="torch.compile of the eager posterior step and imagination"
+    )

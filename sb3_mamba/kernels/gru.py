@@ -28,12 +28,12 @@ def folded_norm_bias(norm_bias: Tensor) -> Tensor:
     """The gate norm's (3D,) bias with :data:`~sb3_mamba.networks.UPDATE_OFFSET` added to the update
     gate's third (a new, detached tensor): the C kernels and the fused scan take the offset this way."""
     D = norm_bias.shape[0] // 3
-    return torch.cat([norm_bias[: 2 * D], norm_bias[2 * D:] + UPDATE_OFFSET]).detach()
+    return torch.cat([norm_bias[: 2 * D], norm_bias[2 * D :] + UPDATE_OFFSET]).detach()
 
 
 def project_hidden(cell: LayerNormGRUCell, h: Tensor) -> Tensor:
     """(P, D) states -> (P, 3D): the state's half of the cell's gate layer."""
-    return F.linear(h, cell.linear.weight[:, -cell.hidden_dim:])
+    return F.linear(h, cell.linear.weight[:, -cell.hidden_dim :])
 
 
 class _FrozenGRUGates(torch.autograd.Function):
@@ -41,8 +41,7 @@ class _FrozenGRUGates(torch.autograd.Function):
     (not to the norm's parameters: used only where they are frozen)."""
 
     @staticmethod
-    def forward(ctx: Any, gates: Tensor, h: Tensor, norm_weight: Tensor, folded_bias: Tensor,
-                eps: float) -> Tensor:
+    def forward(ctx: Any, gates: Tensor, h: Tensor, norm_weight: Tensor, folded_bias: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(gates, h, norm_weight, folded_bias)
         ctx.eps = eps
         return native.gru_cell(gates, h, norm_weight, folded_bias, eps)
@@ -55,12 +54,19 @@ class _FrozenGRUGates(torch.autograd.Function):
 
 
 def _needs_graph(cell: LayerNormGRUCell, *inputs: Tensor) -> bool:
-    return torch.is_grad_enabled() and (any(x.requires_grad for x in inputs)
-                                        or any(p.requires_grad for p in cell.parameters()))
+    return torch.is_grad_enabled() and (
+        any(x.requires_grad for x in inputs) or any(p.requires_grad for p in cell.parameters())
+    )
 
 
-def gru_step(cell: LayerNormGRUCell, x: Tensor, h: Tensor, hidden_proj: Tensor | None = None,
-             rows: Tensor | None = None, use_c: bool = True) -> Tensor:
+def gru_step(
+    cell: LayerNormGRUCell,
+    x: Tensor,
+    h: Tensor,
+    hidden_proj: Tensor | None = None,
+    rows: Tensor | None = None,
+    use_c: bool = True,
+) -> Tensor:
     """``cell(x, h[rows])`` with the shortcuts of the module docstring.
 
     :param x: (N, input_dim) inputs.
@@ -73,12 +79,18 @@ def gru_step(cell: LayerNormGRUCell, x: Tensor, h: Tensor, hidden_proj: Tensor |
     input_weight = cell.linear.weight[:, : -cell.hidden_dim]
     norm = cell.norm
     c_kernel = use_c and native.posterior_scan_library() is not None
-    if (c_kernel and rows is not None and hidden_proj is not None and x.dim() == 2
-            and not _needs_graph(cell, x, h)):
+    if c_kernel and rows is not None and hidden_proj is not None and x.dim() == 2 and not _needs_graph(cell, x, h):
         # (N, 3D): the input's half; the kernel adds the state's half row by row
         input_gates = F.linear(x, input_weight)
-        h_next = native.gru_cell(input_gates, h, norm.weight, folded_norm_bias(norm.bias), norm.eps,
-                                 state_pre=hidden_proj.to(input_gates.dtype), rows=rows)
+        h_next = native.gru_cell(
+            input_gates,
+            h,
+            norm.weight,
+            folded_norm_bias(norm.bias),
+            norm.eps,
+            state_pre=hidden_proj.to(input_gates.dtype),
+            rows=rows,
+        )
         if h_next is not None:
             return h_next
         gates, h = input_gates + hidden_proj[rows], h[rows]
@@ -95,8 +107,7 @@ def gru_step(cell: LayerNormGRUCell, x: Tensor, h: Tensor, hidden_proj: Tensor |
         h_next = native.gru_cell(gates, h, norm.weight, folded_norm_bias(norm.bias), norm.eps)
         if h_next is not None:
             return h_next
-    elif c_kernel and not (norm.weight.requires_grad or norm.bias.requires_grad) and native.gru_cell_applies(
-            gates, h):
+    elif c_kernel and not (norm.weight.requires_grad or norm.bias.requires_grad) and native.gru_cell_applies(gates, h):
         # a frozen cell that passes gradients: the C kernel forward and backward, the gates recomputed
         return _FrozenGRUGates.apply(gates, h, norm.weight, folded_norm_bias(norm.bias), norm.eps)
     return gru_update(norm(gates), h)

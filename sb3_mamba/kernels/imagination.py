@@ -20,8 +20,9 @@ h horizon, F features, G one-hot groups.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ class FactoredInput:
 
     def linear(self, weight: Tensor) -> Tensor:
         """(out, width + D) weight -> (N, out), no bias."""
-        dense_part = F.linear(self.dense, weight[:, self.width:])  # (P, out)
+        dense_part = F.linear(self.dense, weight[:, self.width :])  # (P, out)
         if self.rows is not None:
             dense_part = dense_part[self.rows]
         hot_weight = weight[:, : self.width]
@@ -72,7 +73,7 @@ class FactoredInput:
         return torch.cat([self._one_hot(), self.dense if self.rows is None else self.dense[self.rows]], dim=-1)
 
     @classmethod
-    def cat(cls, inputs: Sequence["FactoredInput"]) -> "FactoredInput":
+    def cat(cls, inputs: Sequence[FactoredInput]) -> FactoredInput:
         """The rows of several inputs, in order."""
         if len(inputs) == 1:
             return inputs[0]
@@ -80,8 +81,9 @@ class FactoredInput:
         for x in inputs:
             rows.append(offset + (torch.arange(len(x), device=x.hot.device) if x.rows is None else x.rows))
             offset += x.dense.shape[0]
-        return cls(torch.cat([x.hot for x in inputs]), torch.cat([x.dense for x in inputs]), inputs[0].width,
-                   torch.cat(rows))
+        return cls(
+            torch.cat([x.hot for x in inputs]), torch.cat([x.dense for x in inputs]), inputs[0].width, torch.cat(rows)
+        )
 
 
 def mlp_outputs(x: Tensor | FactoredInput, mlps: Sequence[nn.Sequential]) -> list[Tensor]:
@@ -101,7 +103,7 @@ def mlp_outputs(x: Tensor | FactoredInput, mlps: Sequence[nn.Sequential]) -> lis
         return [mlps[0](x)]
     else:
         hidden = F.linear(x, torch.cat([f.weight for f in firsts]))
-    return [m[1:](h) for m, h in zip(mlps, hidden.split([f.out_features for f in firsts], dim=-1))]
+    return [m[1:](h) for m, h in zip(mlps, hidden.split([f.out_features for f in firsts], dim=-1), strict=True)]
 
 
 def factored_feat(stoch: Tensor, deter: Tensor, rows: Tensor | None = None) -> FactoredInput:
@@ -119,8 +121,14 @@ def _step_outputs(feats: list[FactoredInput], mlps: list[nn.Sequential], rows: i
     return [out.unflatten(0, (len(feats), rows)) for out in mlp_outputs(FactoredInput.cat(feats), mlps)]
 
 
-def _img_step(rssm: RSSM, state: State, action: Tensor, deter_proj: Tensor | None = None,
-              deter_rows: Tensor | None = None, use_c: bool = True) -> State:
+def _img_step(
+    rssm: RSSM,
+    state: State,
+    action: Tensor,
+    deter_proj: Tensor | None = None,
+    deter_rows: Tensor | None = None,
+    use_c: bool = True,
+) -> State:
     """:meth:`RSSM.img_step` with :func:`gru_step`'s shortcuts (``deter_proj``, ``deter_rows``)."""
     # (N, hidden)
     x = rssm.img_in(torch.cat([state["stoch"].flatten(-2), action], dim=-1))
@@ -130,8 +138,9 @@ def _img_step(rssm: RSSM, state: State, action: Tensor, deter_proj: Tensor | Non
     return {"deter": deter, "stoch": stoch, "logits": logits}
 
 
-def _first_step_per_pair(rssm: RSSM, start: ImaginationStarts, deter_proj: Tensor, action: Tensor,
-                         project_next: bool, use_c: bool) -> tuple[State, FactoredInput, Tensor | None, Tensor]:
+def _first_step_per_pair(
+    rssm: RSSM, start: ImaginationStarts, deter_proj: Tensor, action: Tensor, project_next: bool, use_c: bool
+) -> tuple[State, FactoredInput, Tensor | None, Tensor]:
     """The first imagination step of one-hot ``action`` (N, A) from N starts, without gradients.
 
     The GRU step, the prior's logits and (if ``project_next``) the next step's
@@ -160,8 +169,9 @@ def _first_step_per_pair(rssm: RSSM, start: ImaginationStarts, deter_proj: Tenso
     return state, factored_feat(stoch, deter, pair_of_start), next_proj, pair_of_start
 
 
-def _rollout(actor_critic: ActorCritic, rssm: RSSM, start: ImaginationStarts, horizon: int,
-             use_c: bool) -> tuple[Tensor, Tensor | list[FactoredInput], Tensor, Tensor]:
+def _rollout(
+    actor_critic: ActorCritic, rssm: RSSM, start: ImaginationStarts, horizon: int, use_c: bool
+) -> tuple[Tensor, Tensor | list[FactoredInput], Tensor, Tensor]:
     """The actor in the model for ``horizon`` steps: the start features (M, F) (per distinct state),
     the features of steps 1..h ((h, N, F), or a :class:`FactoredInput` per step for discrete
     actions), the actions (h, N, A) and the actor's outputs at steps 0..h-1 (h, N, out)."""
@@ -190,7 +200,8 @@ def _rollout(actor_critic: ActorCritic, rssm: RSSM, start: ImaginationStarts, ho
             if t == 0 and first_step_per_pair:
                 assert deter_proj is not None
                 state, feat, deter_proj, deter_rows = _first_step_per_pair(
-                    rssm, start, deter_proj, action, project_next=horizon > 1, use_c=use_c)
+                    rssm, start, deter_proj, action, project_next=horizon > 1, use_c=use_c
+                )
             else:
                 state = _img_step(rssm, state, action, deter_proj, deter_rows, use_c)
                 deter_proj, deter_rows = None, None
@@ -203,8 +214,9 @@ def _rollout(actor_critic: ActorCritic, rssm: RSSM, start: ImaginationStarts, ho
     return feat0, feats if ac.discrete else torch.stack(feats), torch.stack(actions), torch.stack(actor_out)
 
 
-def imagine(actor_critic: ActorCritic, world_model: Any, start: ImaginationStarts, horizon: int,
-            use_c: bool = True) -> Imagination:
+def imagine(
+    actor_critic: ActorCritic, world_model: Any, start: ImaginationStarts, horizon: int, use_c: bool = True
+) -> Imagination:
     """:meth:`ActorCritic.imagine <sb3_mamba.behavior.ActorCritic.imagine>`, the same result faster."""
     ac, two_hot = actor_critic, actor_critic.two_hot
     with frozen(world_model):
@@ -221,8 +233,7 @@ def imagine(actor_critic: ActorCritic, world_model: Any, start: ImaginationStart
         # steps 1..h-1 and step h: the heads without gradients share their first matmul per step
         mid, last = feats[:-1], feats[-1]
         with torch.no_grad():
-            reward_mid, cont_mid, slow_mid = _step_outputs(mid, [reward_head, continue_head, ac.slow_critic],
-                                                           len(last))
+            reward_mid, cont_mid, slow_mid = _step_outputs(mid, [reward_head, continue_head, ac.slow_critic], len(last))
             reward_last, cont_last, critic_last = mlp_outputs(last, [reward_head, continue_head, ac.critic])
         # (h, N), steps 1..h
         reward = torch.cat([world_model.two_hot.mean(reward_mid), world_model.two_hot.mean(reward_last)[None]])
@@ -243,5 +254,13 @@ def imagine(actor_critic: ActorCritic, world_model: Any, start: ImaginationStart
         with torch.no_grad():
             slow_value = torch.cat([two_hot.mean(slow0)[None], two_hot.mean(ac.slow_critic(feats[:-1]))])
     cont = torch.sigmoid(full_precision(cont_logits).squeeze(-1))
-    return Imagination(reward=reward, cont=cont, start_cont=start_cont, value=value, critic_logits=critic_logits,
-                       slow_value=slow_value, actor_out=actor_out, actions=actions)
+    return Imagination(
+        reward=reward,
+        cont=cont,
+        start_cont=start_cont,
+        value=value,
+        critic_logits=critic_logits,
+        slow_value=slow_value,
+        actor_out=actor_out,
+        actions=actions,
+    )

@@ -24,6 +24,5 @@ def pad_wide_heads(module: nn.Module) -> None:
     :class:`PaddedLinear` in place (its parameters and state dict unchanged). Narrow layers keep
     ``nn.Linear``: padding 1..17 outputs costs more than it saves."""
     for layer in module.modules():
-        if type(layer) is nn.Linear and layer.bias is not None and layer.out_features >= 64 \
-                and layer.out_features % 8:
+        if type(layer) is nn.Linear and layer.bias is not None and layer.out_features >= 64 and layer.out_features % 8:
             layer.__class__ = PaddedLinear

@@ -30,7 +30,8 @@ Under autocast the GRU's matmuls run in the autocast dtype, everything else in f
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -120,18 +121,30 @@ class PosteriorScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, rssm: Any, sample: bool, use_c: bool, compute_dtype: torch.dtype, embed_proj: Tensor,
-                action: Tensor, keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor,
-                *weights: Tensor) -> tuple[Tensor, ...]:
+    def forward(
+        ctx: Any,
+        rssm: Any,
+        sample: bool,
+        use_c: bool,
+        compute_dtype: torch.dtype,
+        embed_proj: Tensor,
+        action: Tensor,
+        keep: Tensor,
+        initial_deter: Tensor,
+        initial_stoch: Tensor,
+        *weights: Tensor,
+    ) -> tuple[Tensor, ...]:
         library = native_library(embed_proj, compute_dtype) if use_c else None
         ctx.native = library is not None
         # autocast off: _Matmul applies the compute dtype, the rest stays float32
         with torch.autocast(embed_proj.device.type, enabled=False):
             if library is not None:
-                return NativeScan.forward(ctx, rssm, sample, compute_dtype, embed_proj, action, keep,
-                                          initial_deter, initial_stoch, *weights)
-            return PosteriorScan._forward(ctx, rssm, sample, compute_dtype, embed_proj, action, keep, initial_deter,
-                                          initial_stoch, *weights)
+                return NativeScan.forward(
+                    ctx, rssm, sample, compute_dtype, embed_proj, action, keep, initial_deter, initial_stoch, *weights
+                )
+            return PosteriorScan._forward(
+                ctx, rssm, sample, compute_dtype, embed_proj, action, keep, initial_deter, initial_stoch, *weights
+            )
 
     @staticmethod
     def backward(ctx: Any, grad_deter: Tensor, grad_stoch: Tensor, grad_logits: Tensor) -> tuple[Tensor | None, ...]:
@@ -141,8 +154,18 @@ class PosteriorScan(torch.autograd.Function):
             return PosteriorScan._backward(ctx, grad_deter, grad_stoch, grad_logits)
 
     @staticmethod
-    def _forward(ctx: Any, rssm: Any, sample: bool, compute_dtype: torch.dtype, embed_proj: Tensor, action: Tensor,
-                 keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
+    def _forward(
+        ctx: Any,
+        rssm: Any,
+        sample: bool,
+        compute_dtype: torch.dtype,
+        embed_proj: Tensor,
+        action: Tensor,
+        keep: Tensor,
+        initial_deter: Tensor,
+        initial_stoch: Tensor,
+        *weights: Tensor,
+    ) -> tuple[Tensor, ...]:
         T, B, U = embed_proj.shape
         D, S, C, unimix = rssm.deter_dim, rssm.stoch_dim, rssm.classes, rssm.unimix
         SC = S * C
@@ -163,8 +186,9 @@ class PosteriorScan(torch.autograd.Function):
         # Time-major buffers the layers write into (``out=``): the outputs, and the inputs of the
         # weight gradients, which the backward then takes as one (T * B, ...) matrix each.
         new = embed_proj.new_empty
-        z_action, x_h, deter, post_y, logits, stoch = (new(T, B, width) for width in (SC + action.shape[-1], U + D,
-                                                                                      D, U, SC, SC))
+        z_action, x_h, deter, post_y, logits, stoch = (
+            new(T, B, width) for width in (SC + action.shape[-1], U + D, D, U, SC, SC)
+        )
         # the rest per step in lists (no copies)
         saved: dict[str, list[Tensor]] = {k: [] for k in _SAVED}
         init_deter, init_stoch = initial_deter.expand(B, D), initial_stoch.expand(B, SC)
@@ -173,8 +197,9 @@ class PosteriorScan(torch.autograd.Function):
         uniform_mix = embed_proj.new_full((B, S, C), unimix / C)
         sampler = distributions.one_hot_sample if sample else distributions.one_hot_mode
         h, z = init_deter, init_stoch
-        for t, (z_action_t, x_h_t, h_t, post_y_t, logits_t, z_t) in enumerate(zip(
-                *(buffer.unbind(0) for buffer in (z_action, x_h, deter, post_y, logits, stoch)))):
+        for t, (z_action_t, x_h_t, h_t, post_y_t, logits_t, z_t) in enumerate(
+            zip(*(buffer.unbind(0) for buffer in (z_action, x_h, deter, post_y, logits, stoch)), strict=True)
+        ):
             if t > 0 and restarts[t]:
                 row_keep = keep[t].unsqueeze(-1)
                 h, z = torch.where(row_keep, h, init_deter), torch.where(row_keep, z, init_stoch)
@@ -199,9 +224,28 @@ class PosteriorScan(torch.autograd.Function):
             softmax = torch.softmax(logits_t.view(B, S, C), dim=-1)
             probs = torch.add(uniform_mix, softmax, alpha=1.0 - unimix) if unimix > 0 else softmax
             z = z_t.copy_(sampler(probs).view(B, SC))
-            for key, value in zip(_SAVED, (in_pre, in_normed, in_mean, in_rstd, gru_pre, gru_mean, gru_rstd, reset,
-                                           candidate_in, candidate, update, post_pre, post_normed, post_mean,
-                                           post_rstd, softmax)):
+            for key, value in zip(
+                _SAVED,
+                (
+                    in_pre,
+                    in_normed,
+                    in_mean,
+                    in_rstd,
+                    gru_pre,
+                    gru_mean,
+                    gru_rstd,
+                    reset,
+                    candidate_in,
+                    candidate,
+                    update,
+                    post_pre,
+                    post_normed,
+                    post_mean,
+                    post_rstd,
+                    softmax,
+                ),
+                strict=True,
+            ):
                 saved[key].append(value)
 
         ctx.rssm, ctx.mm, ctx.gru_mm, ctx.restarts, ctx.sample, ctx.saved = rssm, mm, gru_mm, restarts, sample, saved
@@ -221,7 +265,8 @@ class PosteriorScan(torch.autograd.Function):
         S, C = rssm.stoch_dim, rssm.classes
         SC, U = S * C, g_in.shape[0]
         grad_deter, grad_stoch, grad_logits = (
-            g.unbind(0) for g in (grad_deter, grad_stoch.reshape(T, B, SC), grad_logits.reshape(T, B, SC)))
+            g.unbind(0) for g in (grad_deter, grad_stoch.reshape(T, B, SC), grad_logits.reshape(T, B, SC))
+        )
         gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B)
         scale = 1.0 - rssm.unimix if ctx.sample else 0.0  # the mode (sample=False) passes no gradient
         # time-major buffers for the gradients w.r.t. the pre-activations (and the norms' affine
@@ -230,11 +275,31 @@ class PosteriorScan(torch.autograd.Function):
         d_logits, d_post_pre, d_gru_pre, d_in_pre = new(T, B, SC), new(T, B, U), new(T, B, 3 * D), new(T, B, U)
         d_norm = {name: (new(T, width), new(T, width)) for name, width in (("post", U), ("gru", 3 * D), ("in", U))}
 
-        def layer_norm_backward(name: str, t: int, d_normed: Tensor, pre: Tensor, mean: Tensor, rstd: Tensor,
-                                weight: Tensor, bias: Tensor, out: Tensor) -> Tensor:
+        def layer_norm_backward(
+            name: str,
+            t: int,
+            d_normed: Tensor,
+            pre: Tensor,
+            mean: Tensor,
+            rstd: Tensor,
+            weight: Tensor,
+            bias: Tensor,
+            out: Tensor,
+        ) -> Tensor:
             d_weight, d_bias = d_norm[name]
-            aten.native_layer_norm_backward.out(d_normed, pre, [pre.shape[-1]], mean, rstd, weight, bias,
-                                                [True, True, True], out0=out, out1=d_weight[t], out2=d_bias[t])
+            aten.native_layer_norm_backward.out(
+                d_normed,
+                pre,
+                [pre.shape[-1]],
+                mean,
+                rstd,
+                weight,
+                bias,
+                [True, True, True],
+                out0=out,
+                out1=d_weight[t],
+                out2=d_bias[t],
+            )
             return out
 
         d_initial_deter = torch.zeros_like(g_gru[:D])
@@ -247,27 +312,49 @@ class PosteriorScan(torch.autograd.Function):
             d_logits_t = torch.add(grad_logits[t], d_soft.view(B, SC), out=d_logits[t])
             # posterior layers back to deter_t
             d_normed = aten.silu_backward(mm.backward(d_logits_t, w_post_out), saved["post_normed"][t])
-            d_pre = layer_norm_backward("post", t, d_normed, saved["post_pre"][t], saved["post_mean"][t],
-                                        saved["post_rstd"][t], g_post, b_post, d_post_pre[t])
+            d_pre = layer_norm_backward(
+                "post",
+                t,
+                d_normed,
+                saved["post_pre"][t],
+                saved["post_mean"][t],
+                saved["post_rstd"][t],
+                g_post,
+                b_post,
+                d_post_pre[t],
+            )
             d_h = d_h + mm.backward(d_pre, w_post_deter)
             # GRU cell: deter_t = h_prev + u * (c - h_prev)
             update, candidate, reset = saved["update"][t], saved["candidate"][t], saved["reset"][t]
             d_candidate = d_h * update
             d_h_prev = d_h - d_candidate
             d_tanh = aten.tanh_backward(d_candidate, candidate)
-            d_gates = torch.cat([
-                aten.sigmoid_backward(d_tanh * saved["candidate_in"][t], reset),
-                d_tanh * reset,
-                aten.sigmoid_backward(d_h * (candidate - x_h[t, :, U:]), update),
-            ], dim=-1)
-            d_pre = layer_norm_backward("gru", t, d_gates, saved["gru_pre"][t], saved["gru_mean"][t],
-                                        saved["gru_rstd"][t], g_gru, b_gru, d_gru_pre[t])
+            d_gates = torch.cat(
+                [
+                    aten.sigmoid_backward(d_tanh * saved["candidate_in"][t], reset),
+                    d_tanh * reset,
+                    aten.sigmoid_backward(d_h * (candidate - x_h[t, :, U:]), update),
+                ],
+                dim=-1,
+            )
+            d_pre = layer_norm_backward(
+                "gru",
+                t,
+                d_gates,
+                saved["gru_pre"][t],
+                saved["gru_mean"][t],
+                saved["gru_rstd"][t],
+                g_gru,
+                b_gru,
+                d_gru_pre[t],
+            )
             d_x_h = gru_linear_backward(d_pre)  # (B, U + D)
             d_h_prev = d_h_prev + d_x_h[:, U:]
             # img_in back to stoch_{t-1}
             d_normed = aten.silu_backward(d_x_h[:, :U], saved["in_normed"][t])
-            d_pre = layer_norm_backward("in", t, d_normed, saved["in_pre"][t], saved["in_mean"][t],
-                                        saved["in_rstd"][t], g_in, b_in, d_in_pre[t])
+            d_pre = layer_norm_backward(
+                "in", t, d_normed, saved["in_pre"][t], saved["in_mean"][t], saved["in_rstd"][t], g_in, b_in, d_in_pre[t]
+            )
             d_z_prev = mm.backward(d_pre, w_in[:, :SC])
             # restarts: those rows' previous state is the initial state
             if t == 0:
@@ -281,23 +368,37 @@ class PosteriorScan(torch.autograd.Function):
                 d_h_next, d_z_next = d_h_prev, d_z_prev
 
         norm_grads = {name: (d_weight.sum(0), d_bias.sum(0)) for name, (d_weight, d_bias) in d_norm.items()}
-        return _input_and_weight_grads(ctx, z_action, x_h, deter, post_y, d_in_pre, d_gru_pre, d_post_pre, d_logits,
-                                       d_initial_deter, norm_grads)
+        return _input_and_weight_grads(
+            ctx, z_action, x_h, deter, post_y, d_in_pre, d_gru_pre, d_post_pre, d_logits, d_initial_deter, norm_grads
+        )
 
 
-def _input_and_weight_grads(ctx: Any, z_action: Tensor, x_h: Tensor, deter: Tensor, post_y: Tensor, d_in_pre: Tensor,
-                            d_gru_pre: Tensor, d_post_pre: Tensor, d_logits: Tensor, d_initial_deter: Tensor,
-                            norm_grads: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor | None, ...]:
+def _input_and_weight_grads(
+    ctx: Any,
+    z_action: Tensor,
+    x_h: Tensor,
+    deter: Tensor,
+    post_y: Tensor,
+    d_in_pre: Tensor,
+    d_gru_pre: Tensor,
+    d_post_pre: Tensor,
+    d_logits: Tensor,
+    d_initial_deter: Tensor,
+    norm_grads: dict[str, tuple[Tensor, Tensor]],
+) -> tuple[Tensor | None, ...]:
     """:meth:`PosteriorScan.backward`'s return: every weight gradient at once, over the T x B rows."""
     mm, gru_mm = ctx.mm, ctx.gru_mm
-    needs = PosteriorWeights(*ctx.needs_input_grad[len(_INPUTS_BEFORE_WEIGHTS):])
+    needs = PosteriorWeights(*ctx.needs_input_grad[len(_INPUTS_BEFORE_WEIGHTS) :])
     weight_grads = PosteriorWeights(
         img_in=mm.weight_grad(d_in_pre, z_action) if needs.img_in else None,
-        img_in_norm=norm_grads["in"][0], img_in_norm_bias=norm_grads["in"][1],
+        img_in_norm=norm_grads["in"][0],
+        img_in_norm_bias=norm_grads["in"][1],
         gru=gru_mm.weight_grad(d_gru_pre, x_h) if needs.gru else None,
-        gru_norm=norm_grads["gru"][0], gru_norm_bias=norm_grads["gru"][1],
+        gru_norm=norm_grads["gru"][0],
+        gru_norm_bias=norm_grads["gru"][1],
         post_deter=mm.weight_grad(d_post_pre, deter) if needs.post_deter else None,
-        post_norm=norm_grads["post"][0], post_norm_bias=norm_grads["post"][1],
+        post_norm=norm_grads["post"][0],
+        post_norm_bias=norm_grads["post"][1],
         post_out=mm.weight_grad(d_logits, post_y) if needs.post_out else None,
         post_out_bias=d_logits.sum((0, 1)),
     )
@@ -306,12 +407,37 @@ def _input_and_weight_grads(ctx: Any, z_action: Tensor, x_h: Tensor, deter: Tens
 
 
 #: PosteriorScan.apply's arguments before the weights
-_INPUTS_BEFORE_WEIGHTS = ("rssm", "sample", "use_c", "compute_dtype", "embed_proj", "action", "keep", "initial_deter",
-                          "initial_stoch")
+_INPUTS_BEFORE_WEIGHTS = (
+    "rssm",
+    "sample",
+    "use_c",
+    "compute_dtype",
+    "embed_proj",
+    "action",
+    "keep",
+    "initial_deter",
+    "initial_stoch",
+)
 
 #: what the forward keeps per step in lists for the backward
-_SAVED = ("in_pre", "in_normed", "in_mean", "in_rstd", "gru_pre", "gru_mean", "gru_rstd", "reset", "candidate_in",
-          "candidate", "update", "post_pre", "post_normed", "post_mean", "post_rstd", "softmax")
+_SAVED = (
+    "in_pre",
+    "in_normed",
+    "in_mean",
+    "in_rstd",
+    "gru_pre",
+    "gru_mean",
+    "gru_rstd",
+    "reset",
+    "candidate_in",
+    "candidate",
+    "update",
+    "post_pre",
+    "post_normed",
+    "post_mean",
+    "post_rstd",
+    "softmax",
+)
 
 
 class PosteriorWeights(NamedTuple):
@@ -331,16 +457,27 @@ class PosteriorWeights(NamedTuple):
     post_out_bias: Tensor  # (SC,)
 
     @classmethod
-    def of(cls, rssm: Any) -> "PosteriorWeights":
+    def of(cls, rssm: Any) -> PosteriorWeights:
         img_linear, img_norm = rssm.img_in[0], rssm.img_in[1]
         post_norm, post_out = rssm.post_net[0], rssm.post_net[2]
-        return cls(img_linear.weight, img_norm.weight, img_norm.bias, rssm.gru.linear.weight, rssm.gru.norm.weight,
-                   rssm.gru.norm.bias, rssm.post_deter.weight, post_norm.weight, post_norm.bias, post_out.weight,
-                   post_out.bias)
+        return cls(
+            img_linear.weight,
+            img_norm.weight,
+            img_norm.bias,
+            rssm.gru.linear.weight,
+            rssm.gru.norm.weight,
+            rssm.gru.norm.bias,
+            rssm.post_deter.weight,
+            post_norm.weight,
+            post_norm.bias,
+            post_out.weight,
+            post_out.bias,
+        )
 
 
-def observe(rssm: Any, embed: Tensor, action: Tensor, is_first: Tensor, sample: bool = True,
-            use_c: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def observe(
+    rssm: Any, embed: Tensor, action: Tensor, is_first: Tensor, sample: bool = True, use_c: bool = True
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """:meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>` from the initial state, through :class:`PosteriorScan`.
 
     :param use_c: run the steps on the C kernels where they apply (else ATen ops).
@@ -354,8 +491,16 @@ def observe(rssm: Any, embed: Tensor, action: Tensor, is_first: Tensor, sample: 
     # (T, B, hidden): the observation half of the posterior's input layer, all steps at once
     embed_proj = rssm.post_embed(embed).float().transpose(0, 1)
     deter, stoch, logits = PosteriorScan.apply(
-        rssm, sample, use_c, compute_dtype, embed_proj, action.transpose(0, 1), keep,
-        initial["deter"][0], initial["stoch"][0].flatten().detach(), *PosteriorWeights.of(rssm),
+        rssm,
+        sample,
+        use_c,
+        compute_dtype,
+        embed_proj,
+        action.transpose(0, 1),
+        keep,
+        initial["deter"][0],
+        initial["stoch"][0].flatten().detach(),
+        *PosteriorWeights.of(rssm),
     )
     # (B, T, ...)
     post = {"deter": deter.transpose(0, 1), "stoch": stoch.transpose(0, 1), "logits": logits.transpose(0, 1)}
@@ -366,8 +511,13 @@ def observe(rssm: Any, embed: Tensor, action: Tensor, is_first: Tensor, sample: 
 def native_library(like: Tensor, compute_dtype: torch.dtype) -> Any | None:
     """The compiled kernels where they apply (CPU, float32 (T, B, ...) data with T, B > 0, float32/bfloat16
     matmuls), else None."""
-    if (like.device.type != "cpu" or like.dtype != torch.float32 or like.shape[0] == 0 or like.shape[1] == 0
-            or compute_dtype not in (torch.float32, torch.bfloat16)):
+    if (
+        like.device.type != "cpu"
+        or like.dtype != torch.float32
+        or like.shape[0] == 0
+        or like.shape[1] == 0
+        or compute_dtype not in (torch.float32, torch.bfloat16)
+    ):
         return None
     return native.posterior_scan_library()
 
@@ -382,8 +532,18 @@ class NativeScan:
     """
 
     @staticmethod
-    def forward(ctx: Any, rssm: Any, sample: bool, compute_dtype: torch.dtype, embed_proj: Tensor, action: Tensor,
-                keep: Tensor, initial_deter: Tensor, initial_stoch: Tensor, *weights: Tensor) -> tuple[Tensor, ...]:
+    def forward(
+        ctx: Any,
+        rssm: Any,
+        sample: bool,
+        compute_dtype: torch.dtype,
+        embed_proj: Tensor,
+        action: Tensor,
+        keep: Tensor,
+        initial_deter: Tensor,
+        initial_stoch: Tensor,
+        *weights: Tensor,
+    ) -> tuple[Tensor, ...]:
         T, B, U = embed_proj.shape
         D, S, C, A = rssm.deter_dim, rssm.stoch_dim, rssm.classes, action.shape[-1]
         SC = S * C
@@ -393,25 +553,51 @@ class NativeScan:
         gru_linear = gru_mm.packed(w_gru, B, in_compute_dtype=True)
         new = functools.partial(torch.empty, dtype=torch.float32)
         tensors = dict(
-            w_in=w.img_in, w_in_t=w.img_in.t().contiguous(), g_in=w.img_in_norm, b_in=w.img_in_norm_bias,
-            g_gru=w.gru_norm, b_gru=folded_norm_bias(w.gru_norm_bias),  # the update gate's offset folded in
-            w_pd=w.post_deter, w_pd_t=w.post_deter.t().contiguous(), g_post=w.post_norm, b_post=w.post_norm_bias,
-            w_out=w.post_out, w_out_t=w.post_out.t().contiguous(), b_out=w.post_out_bias,
+            w_in=w.img_in,
+            w_in_t=w.img_in.t().contiguous(),
+            g_in=w.img_in_norm,
+            b_in=w.img_in_norm_bias,
+            g_gru=w.gru_norm,
+            b_gru=folded_norm_bias(w.gru_norm_bias),  # the update gate's offset folded in
+            w_pd=w.post_deter,
+            w_pd_t=w.post_deter.t().contiguous(),
+            g_post=w.post_norm,
+            b_post=w.post_norm_bias,
+            w_out=w.post_out,
+            w_out_t=w.post_out.t().contiguous(),
+            b_out=w.post_out_bias,
             init_deter=initial_deter.detach().float().contiguous(),
-            init_index=initial_stoch.view(S, C).argmax(-1).int(), embed_proj=embed_proj.detach().contiguous(),
-            action=action.detach().float().contiguous(), keep=keep.to(torch.uint8).contiguous(),
-            z_action=new(T, B, SC + A), x_h=torch.empty(T, B, U + D, dtype=compute_dtype), in_pre=new(T, B, U),
-            in_mean=new(T, B), in_rstd=new(T, B), gru_mean=new(T, B), gru_rstd=new(T, B), deter=new(T, B, D),
-            post_pre=new(T, B, U), post_mean=new(T, B), post_rstd=new(T, B), post_y=new(T, B, U),
-            logits=new(T, B, SC), softmax=new(T, B, SC), stoch=new(T, B, SC),
+            init_index=initial_stoch.view(S, C).argmax(-1).int(),
+            embed_proj=embed_proj.detach().contiguous(),
+            action=action.detach().float().contiguous(),
+            keep=keep.to(torch.uint8).contiguous(),
+            z_action=new(T, B, SC + A),
+            x_h=torch.empty(T, B, U + D, dtype=compute_dtype),
+            in_pre=new(T, B, U),
+            in_mean=new(T, B),
+            in_rstd=new(T, B),
+            gru_mean=new(T, B),
+            gru_rstd=new(T, B),
+            deter=new(T, B, D),
+            post_pre=new(T, B, U),
+            post_mean=new(T, B),
+            post_rstd=new(T, B),
+            post_y=new(T, B, U),
+            logits=new(T, B, SC),
+            softmax=new(T, B, SC),
+            stoch=new(T, B, SC),
             index=torch.empty(T, B, S, dtype=torch.int32),
         )
         if sample:
             tensors["uniform"] = torch.rand(T, B, S)
         sizes = dict(T=T, B=B, D=D, U=U, S=S, C=C, A=A, bf16=int(compute_dtype == torch.bfloat16))
-        scalars = dict(unimix=float(rssm.unimix), grad_scale=1.0 - rssm.unimix if sample else 0.0,
-                       eps_in=float(rssm.img_in[1].eps), eps_gru=float(rssm.gru.norm.eps),
-                       eps_post=float(rssm.post_net[0].eps))
+        scalars = dict(
+            unimix=float(rssm.unimix),
+            grad_scale=1.0 - rssm.unimix if sample else 0.0,
+            eps_in=float(rssm.img_in[1].eps),
+            eps_gru=float(rssm.gru.norm.eps),
+            eps_post=float(rssm.post_net[0].eps),
+        )
         scan = torch.classes.sb3_mamba.PosteriorScan(sizes, scalars, tensors)
         x_h = tensors["x_h"]
         scan.forward_input(0)
@@ -437,11 +623,23 @@ class NativeScan:
         T, B, D, U, SC = sizes["T"], sizes["B"], sizes["D"], sizes["U"], sizes["S"] * sizes["C"]
         new = functools.partial(torch.zeros, dtype=torch.float32)
         grads = dict(
-            grad_deter=grad_deter.float().contiguous(), grad_stoch=grad_stoch.float().reshape(T, B, SC).contiguous(),
-            grad_logits=grad_logits.float().reshape(T, B, SC).contiguous(), d_logits=new(T, B, SC),
-            d_post_pre=new(T, B, U), d_in_pre=new(T, B, U), d_gru_pre=torch.empty(T, B, 3 * D, dtype=ctx.gru_mm.dtype),
-            d_g_in=new(U), d_b_in=new(U), d_g_gru=new(3 * D), d_b_gru=new(3 * D), d_g_post=new(U), d_b_post=new(U),
-            d_init_deter=new(D), carry_h=new(B, D), carry_z=new(B, SC), d_h_prev=new(B, D),
+            grad_deter=grad_deter.float().contiguous(),
+            grad_stoch=grad_stoch.float().reshape(T, B, SC).contiguous(),
+            grad_logits=grad_logits.float().reshape(T, B, SC).contiguous(),
+            d_logits=new(T, B, SC),
+            d_post_pre=new(T, B, U),
+            d_in_pre=new(T, B, U),
+            d_gru_pre=torch.empty(T, B, 3 * D, dtype=ctx.gru_mm.dtype),
+            d_g_in=new(U),
+            d_b_in=new(U),
+            d_g_gru=new(3 * D),
+            d_b_gru=new(3 * D),
+            d_g_post=new(U),
+            d_b_post=new(U),
+            d_init_deter=new(D),
+            carry_h=new(B, D),
+            carry_z=new(B, SC),
+            d_h_prev=new(B, D),
         )
         scan.attach({"deter": deter, **grads})
         d_gru_pre, gru_pre = grads["d_gru_pre"], ctx.gru_pre
@@ -450,9 +648,22 @@ class NativeScan:
             d_x_h = ctx.gru_linear_backward(d_gru_pre[t])  # (B, U + D) in the compute dtype
             scan.backward_input(t, d_x_h, gru_pre[t - 1] if t > 0 else None)
         scan.release(["deter"])
-        norm_grads = {"in": (grads["d_g_in"], grads["d_b_in"]), "gru": (grads["d_g_gru"], grads["d_b_gru"]),
-                      "post": (grads["d_g_post"], grads["d_b_post"])}
+        norm_grads = {
+            "in": (grads["d_g_in"], grads["d_b_in"]),
+            "gru": (grads["d_g_gru"], grads["d_b_gru"]),
+            "post": (grads["d_g_post"], grads["d_b_post"]),
+        }
         saved = ctx.saved_inputs
-        return _input_and_weight_grads(ctx, saved["z_action"], saved["x_h"], deter, saved["post_y"],
-                                       grads["d_in_pre"], d_gru_pre, grads["d_post_pre"], grads["d_logits"],
-                                       grads["d_init_deter"], norm_grads)
+        return _input_and_weight_grads(
+            ctx,
+            saved["z_action"],
+            saved["x_h"],
+            deter,
+            saved["post_y"],
+            grads["d_in_pre"],
+            d_gru_pre,
+            grads["d_post_pre"],
+            grads["d_logits"],
+            grads["d_init_deter"],
+            norm_grads,
+        )

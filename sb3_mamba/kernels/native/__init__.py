@@ -35,8 +35,9 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -50,8 +51,7 @@ _DISABLED_DEPTH = 0
 
 def enabled() -> bool:
     """Whether the kernels may be used (``SB3_MAMBA_NATIVE=0`` or :func:`disabled` turns them off)."""
-    return (not _DISABLED_DEPTH and os.environ.get("SB3_MAMBA_NATIVE", "1") != "0"
-            and platform.system() == "Linux")
+    return not _DISABLED_DEPTH and os.environ.get("SB3_MAMBA_NATIVE", "1") != "0" and platform.system() == "Linux"
 
 
 @contextlib.contextmanager
@@ -97,18 +97,41 @@ def build(compiler: str) -> Path:
     from torch.utils import cpp_extension
 
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), compiler, version, torch.__version__,
-                                    _cpu_signature(), platform.machine()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\0".join(
+            [
+                SOURCE.read_text(),
+                " ".join(FLAGS),
+                compiler,
+                version,
+                torch.__version__,
+                _cpu_signature(),
+                platform.machine(),
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     target = cache_dir() / f"{NAME}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    command = [compiler, *FLAGS, "-std=c++17", "-shared", "-fPIC",
-               f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-               *(f"-I{path}" for path in cpp_extension.include_paths()), str(SOURCE), "-o", tmp,
-               *(f"-L{path}" for path in cpp_extension.library_paths()), "-lc10", "-ltorch_cpu", "-ltorch"]
+    command = [
+        compiler,
+        *FLAGS,
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        *(f"-I{path}" for path in cpp_extension.include_paths()),
+        str(SOURCE),
+        "-o",
+        tmp,
+        *(f"-L{path}" for path in cpp_extension.library_paths()),
+        "-lc10",
+        "-ltorch_cpu",
+        "-ltorch",
+    ]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)
         if result.returncode != 0:
@@ -143,19 +166,31 @@ def _library() -> Any | None:
         return None
     compiler = _compiler()
     if compiler is None:
-        warnings.warn("sb3-mamba: no C++ compiler found (set CXX): the RSSM unroll runs on slower ATen ops. "
-                      "SB3_MAMBA_NATIVE=0 silences this.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "sb3-mamba: no C++ compiler found (set CXX): the RSSM unroll runs on slower ATen ops. "
+            "SB3_MAMBA_NATIVE=0 silences this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     try:
         _load(build(compiler))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         message = str(error).strip()[-2000:]
-        warnings.warn(f"sb3-mamba: could not build its C++ kernels ({message}); the RSSM unroll runs on slower "
-                      "ATen ops. SB3_MAMBA_NATIVE=0 silences this.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"sb3-mamba: could not build its C++ kernels ({message}); the RSSM unroll runs on slower "
+            "ATen ops. SB3_MAMBA_NATIVE=0 silences this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     if not _agrees_with_eager(torch.ops.sb3_mamba.gru_cell):
-        warnings.warn("sb3-mamba: its C++ kernels disagree with the eager cell on this machine (compiler or CPU "
-                      "issue); the RSSM unroll runs on slower ATen ops.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "sb3-mamba: its C++ kernels disagree with the eager cell on this machine (compiler or CPU "
+            "issue); the RSSM unroll runs on slower ATen ops.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     return torch.ops.sb3_mamba
 
@@ -170,15 +205,21 @@ def _agrees_with_eager(gru_cell_kernel: Any) -> bool:
     h = torch.linspace(-1.0, 1.0, 5 * D).reshape(5, D)
     weight, bias = torch.linspace(0.5, 1.5, 3 * D), torch.linspace(-0.5, 0.5, 3 * D)
     folded = bias.clone()
-    folded[2 * D:] += UPDATE_OFFSET
+    folded[2 * D :] += UPDATE_OFFSET
     out = gru_cell_kernel(pre, h, weight, folded, 1e-3)
     expected = gru_update(torch.nn.functional.layer_norm(pre, (3 * D,), weight, bias, 1e-3), h)
     return bool(torch.allclose(out, expected, rtol=1e-5, atol=1e-5))
 
 
-def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
-             eps: float, state_pre: torch.Tensor | None = None,
-             rows: torch.Tensor | None = None) -> torch.Tensor | None:
+def gru_cell(
+    pre: torch.Tensor,
+    h_prev: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+    state_pre: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor | None:
     """DreamerV3's GRU cell after its gate layer, without gradients, in C++: ``None`` where it does not apply.
 
     ``pre`` (N, 3D) the gate layer's output (float32 or bfloat16), ``h_prev`` (N, D)
@@ -194,31 +235,57 @@ def gru_cell(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor,
     if not gru_cell_applies(pre, h_prev, state_pre, rows):
         return None
     weight, bias = norm_weight.detach().float(), norm_bias.detach().float()
-    return torch.ops.sb3_mamba.gru_cell(pre, h_prev, weight, bias, eps,
-                                        None if state_pre is None else state_pre.to(pre.dtype),
-                                        None if rows is None else rows.to(torch.int64))
+    return torch.ops.sb3_mamba.gru_cell(
+        pre,
+        h_prev,
+        weight,
+        bias,
+        eps,
+        None if state_pre is None else state_pre.to(pre.dtype),
+        None if rows is None else rows.to(torch.int64),
+    )
 
 
-def gru_cell_applies(pre: torch.Tensor, h_prev: torch.Tensor, state_pre: torch.Tensor | None = None,
-                     rows: torch.Tensor | None = None) -> bool:
+def gru_cell_applies(
+    pre: torch.Tensor, h_prev: torch.Tensor, state_pre: torch.Tensor | None = None, rows: torch.Tensor | None = None
+) -> bool:
     """Whether :func:`gru_cell` runs in C++ for these inputs (CPU tensors of its dtypes and shapes, kernels built)."""
     shared = rows is not None
-    if (pre.device.type != "cpu" or h_prev.device.type != "cpu" or pre.dim() != 2
-            or pre.dtype not in (torch.float32, torch.bfloat16) or h_prev.dtype != torch.float32
-            or 3 * h_prev.shape[-1] != pre.shape[1] or h_prev.stride(-1) != 1
-            or (h_prev.shape[0] != pre.shape[0] if not shared else rows.shape != pre.shape[:1] or state_pre is None
-                or state_pre.dtype != pre.dtype or state_pre.shape != (h_prev.shape[0], pre.shape[1]))):
+    if (
+        pre.device.type != "cpu"
+        or h_prev.device.type != "cpu"
+        or pre.dim() != 2
+        or pre.dtype not in (torch.float32, torch.bfloat16)
+        or h_prev.dtype != torch.float32
+        or 3 * h_prev.shape[-1] != pre.shape[1]
+        or h_prev.stride(-1) != 1
+        or (
+            h_prev.shape[0] != pre.shape[0]
+            if not shared
+            else rows.shape != pre.shape[:1]
+            or state_pre is None
+            or state_pre.dtype != pre.dtype
+            or state_pre.shape != (h_prev.shape[0], pre.shape[1])
+        )
+    ):
         return False  # (checked first: a GPU run never builds the kernels)
     return posterior_scan_library() is not None
 
 
-def gru_cell_backward(pre: torch.Tensor, h_prev: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
-                      eps: float, d_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gru_cell_backward(
+    pre: torch.Tensor,
+    h_prev: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+    d_h: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`gru_cell`'s backward (no shared rows), the norm's parameters frozen: ``d_h`` (N, D) ->
     ``d_pre`` (N, 3D, ``pre``'s dtype) and ``d_h_prev`` (N, D) float32 through the update gate's mix
     alone (the gate layer's share of the state's gradient comes from ``d_pre``). The gates are
     recomputed from ``pre``."""
     if not gru_cell_applies(pre, h_prev):
         raise RuntimeError("gru_cell_backward needs the C++ kernels and gru_cell's inputs")
-    return torch.ops.sb3_mamba.gru_cell_backward(pre, h_prev, norm_weight.detach().float(),
-                                                 norm_bias.detach().float(), eps, d_h)
+    return torch.ops.sb3_mamba.gru_cell_backward(
+        pre, h_prev, norm_weight.detach().float(), norm_bias.detach().float(), eps, d_h
+    )
