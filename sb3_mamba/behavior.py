@@ -45,6 +45,8 @@ class ReturnNormalizer(nn.Module):
     def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95):
         super().__init__()
         self.decay, self.low_q, self.high_q = decay, low, high
+        self.low: Tensor
+        self.high: Tensor
         self.register_buffer("low", torch.zeros(()))
         self.register_buffer("high", torch.zeros(()))
 
@@ -129,7 +131,9 @@ class ImaginationStarts:
 
     @classmethod
     def of(cls, start: ImaginationStarts | State) -> ImaginationStarts:
-        return start if isinstance(start, cls) else cls(start["deter"], start["stoch"])
+        if isinstance(start, ImaginationStarts):
+            return start
+        return cls(start["deter"], start["stoch"])
 
 
 class ActorCritic(nn.Module):
@@ -153,7 +157,10 @@ class ActorCritic(nn.Module):
     ):
         super().__init__()
         self.discrete = isinstance(action_space, spaces.Discrete)
-        self.action_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        if isinstance(action_space, spaces.Discrete):
+            self.action_dim = int(action_space.n)
+        else:
+            self.action_dim = int(np.prod(action_space.shape or ()))
         self.actor_unimix, self.min_std, self.max_std = actor_unimix, min_std, max_std
         out = self.action_dim if self.discrete else 2 * self.action_dim
         self.actor = mlp(feat_dim, units, layers, out_dim=out)
@@ -204,7 +211,7 @@ class ActorCritic(nn.Module):
                 dist = self._dist(actor_out[-1])
                 with torch.set_grad_enabled(through_model):
                     # (N, A)
-                    action = dist.rsample() if through_model else dist.sample()
+                    action = dist.rsample() if isinstance(dist, BoundedNormal) and through_model else dist.sample()
                     state = rssm.img_step(state, action)
                 feats.append(RSSM.feat(state))
                 actions.append(action)

@@ -101,6 +101,7 @@ def check_model_file(path: str | pathlib.Path | Any) -> None:
     :param path: a path, or an in-memory file (``io.BytesIO``, named "the model file" in errors);
         other file objects are left to SB3 (nothing to check without consuming them).
     """
+    source: io.BytesIO | pathlib.Path
     if isinstance(path, io.BytesIO):
         source, path = path, "the model file"
     elif isinstance(path, (str, pathlib.Path)):

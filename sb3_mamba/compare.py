@@ -313,7 +313,8 @@ def run_seed(run: Path) -> int | None:
 def new_seeds(earlier: list[Path], count: int) -> list[int]:
     """``count`` seeds for new runs: the smallest ones no earlier run was trained with (0.. without any)."""
     used = {run_seed(run) for run in earlier}
-    seeds, seed = [], 0
+    seeds: list[int] = []
+    seed = 0
     while len(seeds) < count:
         if seed not in used:
             seeds.append(seed)

@@ -155,6 +155,11 @@ class BoundedNormal:
         self.std = (max_std - min_std) * torch.sigmoid(full_precision(std_logits) + 2.0) + min_std
         self._normal = torch.distributions.Normal(self.mean, self.std)
 
+    def sample(self) -> Tensor:
+        """A clipped sample without gradient."""
+        with torch.no_grad():
+            return self.rsample()
+
     def rsample(self) -> Tensor:
         sample = self._normal.rsample()
         # clip without killing the gradient (straight-through the clip)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import Tensor, nn
 
 from sb3_mamba.distributions import full_precision
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 #: std of a standard normal truncated to [-2, 2]: dividing by it gives the truncated draw unit variance
 TRUNCATED_NORMAL_STD = 0.87962566103423978
@@ -42,7 +46,7 @@ def fan_avg_uniform_(weight: Tensor, scale: float = 1.0) -> Tensor:
 
 
 @torch.no_grad()
-def dreamer_init_(module: nn.Module) -> nn.Module:
+def dreamer_init_(module: ModuleT) -> ModuleT:
     """Initialise every Linear and conv of ``module`` as the reference does: weights by
     :func:`fan_avg_normal_`, biases 0 (norms keep 1 / 0). Output layers are re-drawn by their owners."""
     for layer in module.modules():
@@ -82,11 +86,10 @@ def mlp(
     for _ in range(layers):
         blocks += [nn.Linear(dim, hidden, bias=False), LayerNorm(hidden, eps=1e-3), nn.SiLU()]
         dim = hidden
-    if out_dim is not None:
-        blocks.append(nn.Linear(dim, out_dim))
-    net = dreamer_init_(nn.Sequential(*blocks))
-    if out_dim is not None:
-        fan_avg_uniform_(net[-1].weight, 0.0 if zero_out else out_scale)
+    head = nn.Linear(dim, out_dim) if out_dim is not None else None
+    net = dreamer_init_(nn.Sequential(*blocks, *([head] if head is not None else [])))
+    if head is not None:
+        fan_avg_uniform_(head.weight, 0.0 if zero_out else out_scale)
     return net
 
 

@@ -101,7 +101,10 @@ class RSSMPolicy(BasePolicy):
             actor_critic_eps=actor_critic_eps,
         )
         self.discrete = isinstance(action_space, spaces.Discrete)
-        self.action_dim = int(action_space.n) if self.discrete else int(np.prod(action_space.shape))
+        if isinstance(action_space, spaces.Discrete):
+            self.action_dim, self._start = int(action_space.n), int(action_space.start)
+        else:
+            self.action_dim, self._start = int(np.prod(action_space.shape or ())), 0
         self.world_model = WorldModel(
             observation_space,
             self.action_dim,
@@ -129,7 +132,7 @@ class RSSMPolicy(BasePolicy):
         self.critic_optimizer = torch.optim.Adam(
             self.actor_critic.critic.parameters(), lr=critic_lr, eps=actor_critic_eps
         )
-        if not self.discrete:
+        if isinstance(action_space, spaces.Box):
             self._low = torch.as_tensor(action_space.low, dtype=torch.float32)
             self._high = torch.as_tensor(action_space.high, dtype=torch.float32)
 
@@ -176,21 +179,21 @@ class RSSMPolicy(BasePolicy):
         if deterministic:
             action = dist.mode()
         else:
-            action = dist.sample() if self.discrete else dist.rsample().clamp(-1.0, 1.0)
+            action = dist.sample()  # (a Box action: clipped to [-1, 1])
         return action, (deter, stoch, action)
 
     def to_env_action(self, action: Tensor) -> np.ndarray:
         """Action vectors (n, A) -> what ``env.step`` takes (indices, or values scaled to the Box bounds)."""
         if self.discrete:
-            return (action.argmax(-1) + int(self.action_space.start)).cpu().numpy()
+            return (action.argmax(-1) + self._start).cpu().numpy()
         low, high = self._low.to(action.device).reshape(-1), self._high.to(action.device).reshape(-1)
         scaled = low + (action + 1.0) * 0.5 * (high - low)
-        return scaled.reshape(-1, *self.action_space.shape).cpu().numpy()
+        return scaled.reshape(-1, *(self.action_space.shape or ())).cpu().numpy()
 
     def from_env_action(self, action: np.ndarray) -> Tensor:
         """Env actions (n, ...) -> action vectors (n, A) in the actor's space (used for random prefill)."""
         if self.discrete:
-            index = torch.as_tensor(np.asarray(action).reshape(-1) - int(self.action_space.start), device=self.device)
+            index = torch.as_tensor(np.asarray(action).reshape(-1) - self._start, device=self.device)
             return torch.nn.functional.one_hot(index.long(), self.action_dim).float()
         value = torch.as_tensor(np.asarray(action, dtype=np.float32).reshape(-1, self.action_dim), device=self.device)
         low, high = self._low.to(self.device).reshape(-1), self._high.to(self.device).reshape(-1)
@@ -217,7 +220,10 @@ class RSSMPolicy(BasePolicy):
         if episode_start is None:
             episode_start = np.zeros(n, dtype=bool) if state is not None else np.ones(n, dtype=bool)
         starts = torch.as_tensor(np.asarray(episode_start, dtype=bool).reshape(n), device=self.device)
-        torch_state = None if state is None else tuple(torch.as_tensor(s, device=self.device) for s in state)
+        torch_state = None
+        if state is not None:
+            deter, stoch, prev_action = (torch.as_tensor(s, device=self.device) for s in state)
+            torch_state = (deter, stoch, prev_action)
         action, new_state = self.act(obs_tensor, torch_state, starts, deterministic)
         env_action = self.to_env_action(action)
         if not vectorized:  # one observation: drop the batch axis, keep an ndarray (0-d for Discrete), as SB3

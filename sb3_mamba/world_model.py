@@ -131,7 +131,7 @@ class ConvDecoder(nn.Module):
         ch = depth * 2 ** (num_layers - 1)
         self.start_channels = ch
         self.project = nn.Linear(feat_dim, ch * 16)
-        layers = []
+        layers: list[nn.Module] = []
         for i in range(num_layers):
             last = i == num_layers - 1
             out_ch = channels if last else ch // 2
@@ -192,7 +192,9 @@ class WorldModel(nn.Module):
         self.image_encoders = nn.ModuleDict(
             {k: ConvEncoder(shape, cnn_depth, first) for k, (shape, first) in self.image_shapes.items()}
         )
-        embed_dim += sum(enc.out_dim for enc in self.image_encoders.values())
+        embed_dim += sum(
+            encoder.out_dim for encoder in self.image_encoders.values() if isinstance(encoder, ConvEncoder)
+        )
         self.embed_dim = embed_dim
         self.rssm = RSSM(embed_dim, action_dim, deter=deter, stoch=stoch, classes=classes, hidden=hidden, unimix=unimix)
         feat = self.rssm.feat_dim

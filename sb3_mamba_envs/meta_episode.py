@@ -151,7 +151,7 @@ def require(condition: bool, env_name: str, argument: str, value: Any, requireme
 def require_int(env_name: str, argument: str, value: Any, minimum: int = 1) -> int:
     """Return ``value`` as an int, or raise ``ValueError`` naming ``argument`` if it is not an integer >= minimum."""
     require(
-        isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum,
+        bool(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum),
         env_name,
         argument,
         value,
@@ -354,7 +354,7 @@ class MetaEpisodeEnv(gym.Env, Generic[TaskT]):
         # the observed copy of the reward stays inside reward_bounds (the reward itself is not clipped)
         prev_reward = min(max(float(prev_reward), self._reward_bounds[0]), self._reward_bounds[1])
         if self._vector_obs:
-            out = np.empty(self.observation_space.shape, dtype=np.float32)
+            out = np.empty(self.observation_space.shape or (), dtype=np.float32)
             out[:-2] = obs
             out[-2] = prev_reward
             out[-1] = time

@@ -14,9 +14,17 @@ import torch
 from gymnasium import spaces
 
 from sb3_mamba import MAMBA
-from sb3_mamba.behavior import ActorCritic, ImaginationStarts, ReturnNormalizer, actor_objective, trajectory_weight
+from sb3_mamba.behavior import (
+    ActorCritic,
+    ImaginationStarts,
+    ReturnNormalizer,
+    actor_objective,
+    frozen,
+    trajectory_weight,
+)
 from sb3_mamba.distributions import symlog
 from sb3_mamba.presets import PRESETS
+from sb3_mamba.rssm import RSSM
 from sb3_mamba.world_model import WorldModel, window_steps
 from sb3_mamba.zoo import HYPERPARAMS_DIR, load_hyperparams
 
@@ -362,3 +370,85 @@ def test_layers_are_initialised_as_the_reference():
     assert abs(gru.std().item() / ((64 + 512 + 1536) / 2) ** -0.5 - 1) < 0.02
     ac = ActorCritic(policy_wm.rssm.feat_dim, spaces.Box(-1, 1, (2,), np.float32))
     assert not ac.critic[-1].weight.any() and ac.actor[-1].weight.any()
+
+
+# -- the actor-critic losses in the reference's structure ----------------------------------------------
+def reference_lambda_return(reward, value, pcont, bootstrap, lam):
+    """The reference's lambda-return recursion, written out: inputs r + pcont * v' * (1 - lam), then
+    R_t = inputs_t + pcont_t * lam * R_{t+1} from R_T = bootstrap. All (T, N) but bootstrap (N,)."""
+    next_value = torch.cat([value[1:], bootstrap[None]])
+    inputs = reward + pcont * next_value * (1.0 - lam)
+    returns, last = [], bootstrap
+    for t in reversed(range(reward.shape[0])):
+        last = inputs[t] + pcont[t] * lam * last
+        returns.append(last)
+    return torch.stack(returns[::-1])
+
+
+def reference_structured_losses(ac, world_model, start, horizon, discount, lam, entropy, slow_reg=1.0):
+    """The reference's ``ImagBehavior._train`` on our modules, in its structure: its ``imag_horizon``
+    counts states with the start (``horizon`` transitions here are its ``horizon + 1``), every head
+    runs on all states 0..horizon, the discount is gamma * cont of each state, the actor reads detached
+    features, dynamics backpropagation maximises (R - v) / S with v keeping its pathwise gradient,
+    REINFORCE uses the unscaled sg(R - v), the actor and the critic are re-run for their losses."""
+    with frozen(world_model), frozen(ac.critic):
+        state = {"deter": start.take(start.deter).detach(), "stoch": start.take(start.stoch).detach()}
+        feats, actions = [RSSM.feat(state)], []
+        for _ in range(horizon):
+            policy = ac.policy(feats[-1].detach())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not ac.discrete):
+                action = policy.sample() if ac.discrete else policy.rsample()
+                state = world_model.rssm.img_step(state, action)
+            feats.append(RSSM.feat(state))
+            actions.append(action)
+        feats, actions = torch.stack(feats), torch.stack(actions)  # (h + 1, N, F), (h, N, A)
+        reward = world_model.two_hot.mean(world_model.reward_head(feats))  # (h + 1, N), states 0..h
+        pcont = discount * torch.sigmoid(world_model.continue_head(feats).squeeze(-1))  # (h + 1, N)
+        value = ac.two_hot.mean(ac.critic(feats))  # (h + 1, N)
+        target = reference_lambda_return(reward[1:], value[:-1], pcont[1:], value[-1], lam)  # (h, N)
+    weights = torch.cumprod(torch.cat([torch.ones_like(pcont[:1]), pcont[:-1]]), 0).detach()  # (h + 1, N)
+    ac.return_norm.update(target)
+    offset, scale = ac.return_norm.low, ac.return_norm.scale()
+    policy = ac.policy(feats[:-1].detach())
+    if ac.discrete:
+        actor_target = policy.log_prob(actions) * (target - ac.two_hot.mean(ac.critic(feats[:-1]))).detach()
+    else:
+        actor_target = (target - offset) / scale - (value[:-1] - offset) / scale
+    actor_entropy = policy.entropy()
+    actor_loss = -torch.mean(weights[:-1] * (actor_target + entropy * actor_entropy))
+    critic_feat = feats[:-1].detach()
+    logits = ac.critic(critic_feat)
+    slow_target = ac.two_hot.mean(ac.slow_critic(critic_feat)).detach()
+    critic_nll = -ac.two_hot.log_prob(logits, target.detach()) - slow_reg * ac.two_hot.log_prob(logits, slow_target)
+    critic_loss = torch.mean(weights[:-1] * critic_nll)
+    return actor_loss, critic_loss, {"imag_return": target.mean(), "actor_entropy": actor_entropy.mean()}
+
+
+@pytest.mark.parametrize(
+    "action_space", [spaces.Discrete(3), spaces.Box(-1, 1, (2,), np.float32)], ids=["discrete", "continuous"]
+)
+def test_actor_critic_losses_follow_the_reference_structure(action_space):
+    """Our losses (lambda_returns, trajectory_weight, actor_objective, behavior_losses) give the values and
+    gradients of the reference's formulation written out in its own structure, on the same rollout."""
+    import copy
+
+    torch.manual_seed(0)
+    action_dim = 3 if isinstance(action_space, spaces.Discrete) else 2
+    wm = WorldModel(spaces.Box(-1, 1, (5,), np.float32), action_dim=action_dim, **SMALL)
+    ac = ActorCritic(wm.rssm.feat_dim, action_space, units=16, layers=1)
+    with torch.no_grad():  # heads off their zero initialisation, so rewards and values vary
+        for module in (wm.reward_head, wm.continue_head, ac.critic, ac.slow_critic):
+            for p in module.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    start = ImaginationStarts(torch.randn(40, SMALL["deter"]), wm.rssm.initial(40)["stoch"])
+    results = []
+    for losses in (ActorCritic.losses, reference_structured_losses):
+        model = copy.deepcopy(ac)
+        torch.manual_seed(1)
+        actor_loss, critic_loss, metrics = losses(model, wm, start, 3, 0.9, 0.95, 3e-3)
+        params = list(model.actor.parameters()) + list(model.critic.parameters())
+        grads = torch.autograd.grad(actor_loss + critic_loss, params)
+        results.append((actor_loss, critic_loss, metrics["imag_return"], metrics["actor_entropy"], *grads))
+    for ours, reference in zip(*results, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    assert results[0][4].abs().sum() > 0  # a real gradient was compared

@@ -44,7 +44,9 @@ class _FrozenGRUGates(torch.autograd.Function):
     def forward(ctx: Any, gates: Tensor, h: Tensor, norm_weight: Tensor, folded_bias: Tensor, eps: float) -> Tensor:
         ctx.save_for_backward(gates, h, norm_weight, folded_bias)
         ctx.eps = eps
-        return native.gru_cell(gates, h, norm_weight, folded_bias, eps)
+        h_next = native.gru_cell(gates, h, norm_weight, folded_bias, eps)
+        assert h_next is not None  # (callers check gru_cell_applies first)
+        return h_next
 
     @staticmethod
     def backward(ctx: Any, d_h_next: Tensor) -> tuple[Tensor | None, ...]:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sb3_mamba.behavior import ActorCritic, Imagination, ImaginationStarts, frozen
-from sb3_mamba.distributions import full_precision
+from sb3_mamba.distributions import BoundedNormal, full_precision
 from sb3_mamba.kernels.gru import gru_step, project_hidden
 from sb3_mamba.rssm import RSSM, State
 
@@ -94,16 +94,17 @@ def mlp_outputs(x: Tensor | FactoredInput, mlps: Sequence[nn.Sequential]) -> lis
     :class:`FactoredInput` is read by :meth:`FactoredInput.linear`.
     """
     firsts = [m[0] for m in mlps]
-    if any(not isinstance(f, nn.Linear) or f.bias is not None for f in firsts):
+    if not all(isinstance(f, nn.Linear) and f.bias is None for f in firsts):
         x = x.materialize() if isinstance(x, FactoredInput) else x
         return [m(x) for m in mlps]
+    linears = [f for f in firsts if isinstance(f, nn.Linear)]  # (all of them, typed)
     if isinstance(x, FactoredInput):
-        hidden = x.linear(torch.cat([f.weight for f in firsts]) if len(mlps) > 1 else firsts[0].weight)
+        hidden = x.linear(torch.cat([f.weight for f in linears]) if len(mlps) > 1 else linears[0].weight)
     elif len(mlps) == 1:
         return [mlps[0](x)]
     else:
-        hidden = F.linear(x, torch.cat([f.weight for f in firsts]))
-    return [m[1:](h) for m, h in zip(mlps, hidden.split([f.out_features for f in firsts], dim=-1), strict=True)]
+        hidden = F.linear(x, torch.cat([f.weight for f in linears]))
+    return [m[1:](h) for m, h in zip(mlps, hidden.split([f.out_features for f in linears], dim=-1), strict=True)]
 
 
 def factored_feat(stoch: Tensor, deter: Tensor, rows: Tensor | None = None) -> FactoredInput:
@@ -117,7 +118,8 @@ def factored_feat(stoch: Tensor, deter: Tensor, rows: Tensor | None = None) -> F
 def _step_outputs(feats: list[FactoredInput], mlps: list[nn.Sequential], rows: int) -> list[Tensor]:
     """``mlps`` on the features of several steps (first layers shared): (len(feats), rows, out) each."""
     if not feats:
-        return [mlp[-1].weight.new_zeros(0, rows, mlp[-1].out_features) for mlp in mlps]
+        heads = [mlp[-1] for mlp in mlps]
+        return [head.weight.new_zeros(0, rows, head.out_features) for head in heads if isinstance(head, nn.Linear)]
     return [out.unflatten(0, (len(feats), rows)) for out in mlp_outputs(FactoredInput.cat(feats), mlps)]
 
 
@@ -185,18 +187,20 @@ def _rollout(
     first_step_per_pair = ac.discrete and start.index is not None
     with torch.set_grad_enabled(through_model):
         # (M, 3D)
-        deter_proj: Tensor | None = project_hidden(rssm.gru, deter0)
+        start_proj = project_hidden(rssm.gru, deter0)
+    deter_proj: Tensor | None = start_proj
     deter_rows = None
     state: State = {}
     if not first_step_per_pair:
         state = {"deter": start.take(deter0), "stoch": start.take(stoch0)}
-        deter_proj = start.take(deter_proj)
-    feats: list = []
+        deter_proj = start.take(start_proj)
+    feats: list[Any] = []
+    feat: FactoredInput | Tensor
     actions = []
     for t in range(horizon):
         dist = ac._dist(actor_out[-1])
         with torch.set_grad_enabled(through_model):
-            action = dist.rsample() if through_model else dist.sample()
+            action = dist.rsample() if isinstance(dist, BoundedNormal) and through_model else dist.sample()
             if t == 0 and first_step_per_pair:
                 assert deter_proj is not None
                 state, feat, deter_proj, deter_rows = _first_step_per_pair(
@@ -209,7 +213,7 @@ def _rollout(
         feats.append(feat)
         actions.append(action)
         if t < horizon - 1:
-            actor_in = feat if ac.discrete else feat.detach()
+            actor_in = feat if isinstance(feat, FactoredInput) else feat.detach()
             actor_out.append(mlp_outputs(actor_in, [ac.actor])[0])
     return feat0, feats if ac.discrete else torch.stack(feats), torch.stack(actions), torch.stack(actor_out)
 

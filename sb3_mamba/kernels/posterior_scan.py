@@ -264,7 +264,7 @@ class PosteriorScan(torch.autograd.Function):
         T, B, D = deter.shape
         S, C = rssm.stoch_dim, rssm.classes
         SC, U = S * C, g_in.shape[0]
-        grad_deter, grad_stoch, grad_logits = (
+        grad_deters, grad_stochs, grad_logits_steps = (
             g.unbind(0) for g in (grad_deter, grad_stoch.reshape(T, B, SC), grad_logits.reshape(T, B, SC))
         )
         gru_linear_backward = gru_mm.packed(w_gru.t().contiguous(), B)
@@ -303,13 +303,13 @@ class PosteriorScan(torch.autograd.Function):
             return out
 
         d_initial_deter = torch.zeros_like(g_gru[:D])
-        d_h_next, d_z_next = torch.zeros_like(grad_deter[0]), torch.zeros_like(grad_stoch[0])
+        d_h_next, d_z_next = torch.zeros_like(grad_deters[0]), torch.zeros_like(grad_stochs[0])
         for t in reversed(range(T)):
-            d_h = grad_deter[t] + d_h_next
+            d_h = grad_deters[t] + d_h_next
             # straight-through sample -> unimix softmax -> logits
-            d_probs = ((grad_stoch[t] + d_z_next) * scale).view(B, S, C)
+            d_probs = ((grad_stochs[t] + d_z_next) * scale).view(B, S, C)
             d_soft = aten._softmax_backward_data(d_probs, saved["softmax"][t], -1, torch.float32)
-            d_logits_t = torch.add(grad_logits[t], d_soft.view(B, SC), out=d_logits[t])
+            d_logits_t = torch.add(grad_logits_steps[t], d_soft.view(B, SC), out=d_logits[t])
             # posterior layers back to deter_t
             d_normed = aten.silu_backward(mm.backward(d_logits_t, w_post_out), saved["post_normed"][t])
             d_pre = layer_norm_backward(
@@ -441,20 +441,21 @@ _SAVED = (
 
 
 class PosteriorWeights(NamedTuple):
-    """The RSSM parameters the posterior unroll reads (passed to the autograd Function one by one, so
-    that it returns their gradients)."""
+    """The RSSM parameters the posterior unroll reads, by name (passed to the autograd Function one by
+    one, so that it returns their gradients). The same fields also name their gradients (or None) and
+    whether each needs one (``ctx.needs_input_grad``), hence ``Any``: shapes below are the weights'."""
 
-    img_in: Tensor  # (U, SC + A)
-    img_in_norm: Tensor  # (U,)
-    img_in_norm_bias: Tensor  # (U,)
-    gru: Tensor  # (3D, U + D)
-    gru_norm: Tensor  # (3D,)
-    gru_norm_bias: Tensor  # (3D,), without the update gate's offset
-    post_deter: Tensor  # (U, D)
-    post_norm: Tensor  # (U,)
-    post_norm_bias: Tensor  # (U,)
-    post_out: Tensor  # (SC, U)
-    post_out_bias: Tensor  # (SC,)
+    img_in: Any  # (U, SC + A)
+    img_in_norm: Any  # (U,)
+    img_in_norm_bias: Any  # (U,)
+    gru: Any  # (3D, U + D)
+    gru_norm: Any  # (3D,)
+    gru_norm_bias: Any  # (3D,), without the update gate's offset
+    post_deter: Any  # (U, D)
+    post_norm: Any  # (U,)
+    post_norm_bias: Any  # (U,)
+    post_out: Any  # (SC, U)
+    post_out_bias: Any  # (SC,)
 
     @classmethod
     def of(cls, rssm: Any) -> PosteriorWeights:

@@ -250,7 +250,7 @@ def gru_cell_applies(
     pre: torch.Tensor, h_prev: torch.Tensor, state_pre: torch.Tensor | None = None, rows: torch.Tensor | None = None
 ) -> bool:
     """Whether :func:`gru_cell` runs in C++ for these inputs (CPU tensors of its dtypes and shapes, kernels built)."""
-    shared = rows is not None
+    # (checked first: a GPU run never builds the kernels)
     if (
         pre.device.type != "cpu"
         or h_prev.device.type != "cpu"
@@ -259,17 +259,18 @@ def gru_cell_applies(
         or h_prev.dtype != torch.float32
         or 3 * h_prev.shape[-1] != pre.shape[1]
         or h_prev.stride(-1) != 1
-        or (
-            h_prev.shape[0] != pre.shape[0]
-            if not shared
-            else rows.shape != pre.shape[:1]
-            or state_pre is None
-            or state_pre.dtype != pre.dtype
-            or state_pre.shape != (h_prev.shape[0], pre.shape[1])
-        )
     ):
-        return False  # (checked first: a GPU run never builds the kernels)
-    return posterior_scan_library() is not None
+        return False
+    if rows is None:
+        rows_fit = h_prev.shape[0] == pre.shape[0]
+    else:  # shared states: the state's gate half for each of them, rows indexing them
+        rows_fit = (
+            state_pre is not None
+            and rows.shape == pre.shape[:1]
+            and state_pre.dtype == pre.dtype
+            and state_pre.shape == (h_prev.shape[0], pre.shape[1])
+        )
+    return rows_fit and posterior_scan_library() is not None
 
 
 def gru_cell_backward(
