@@ -116,6 +116,21 @@ def test_posterior_unroll_matches_eager(sample, path, device, same_random_draws)
     assert fast_grads["gru.linear.weight"].abs().sum() > 0 and fast_grads["initial_deter"].abs().sum() > 0
 
 
+@pytest.mark.slow
+def test_the_compiled_unroll_does_not_recompile_when_the_prefix_grows():
+    """H' grows with the world-model horizon schedule: the compiled step never sees it."""
+    from torch._dynamo.utils import counters
+
+    rssm = make_rssm()
+    embed, action, is_first = observe_inputs()
+    with torch.no_grad():
+        compiled.observe(rssm, embed[:, :4], action[:, :4], is_first[:, :4])  # compiles (first and later steps)
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs > 0  # (the counter does count this process's compilations)
+        post, _ = compiled.observe(rssm, embed, action, is_first)  # T = 13
+    assert post["deter"].shape[1] == T and counters["stats"]["unique_graphs"] == graphs
+
+
 @pytest.mark.parametrize("path", ["scan-aten", pytest.param("scan-c", marks=needs_c)])
 def test_the_comparison_detects_a_small_gradient_error(path):
     """The tolerance above is tight: 1% of one weight's gradient off fails it."""
