@@ -1,7 +1,13 @@
 """The backends side by side: seconds per update of ``eager``, ``native`` and ``compile``, same run.
 
-    python -m benchmarks.backends            # Rooms-3 H' = 200 and PRN H' = 300, paper sizes, float32
-    python -m benchmarks.backends --quick    # tiny sizes: a breakage check, not timing
+    python -m benchmarks.backends                # Rooms-3 H' = 200 and PRN H' = 300, paper sizes, float32
+    python -m benchmarks.backends --reference    # ... and the paper's reference code at the same H', same machine
+    python -m benchmarks.backends --quick        # tiny sizes: a breakage check, not timing
+
+``--reference`` (where ``../shared/refbench`` is present) runs the reference implementation at its own
+settings with H' pinned, after ours in the same invocation: Rooms-3 through ``refbench/run.sh`` and
+PRN through ``benchmarks/reference_run.sh halfcircle`` for ~30 updates, and reads the seconds of
+each update from its timing log (the first update, with its warm-up, left out).
 
 The modes run interleaved in rounds (a shared machine's speed drifts), after a warm-up that
 includes ``torch.compile``'s compilation (its time is reported separately). Writes
@@ -12,6 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,13 +31,62 @@ from sb3_mamba.schedules import WorldModelHorizonSchedule
 
 CASES = [("Rooms-3", "MetaRooms-3-v0", {}, 200), ("PRN", "MetaPointRobot-v0", {}, 300)]
 QUICK_CASES = [("Rooms-3 (quick)", "MetaRooms-3-v0", {"sub_episode_length": 10}, 20)]
-MODES = ("eager", "native", "compile")
+MODES = ("auto", "eager", "native", "compile")
+REFBENCH = Path(__file__).resolve().parents[2] / "shared" / "refbench"
+#: the reference's own run per case: its command and the flags that pin H' and keep the run short
+REFERENCE_RUNS = {
+    # (refbench/run.sh's flags for Rooms-3, through reference_run.sh so that the timing log lands in $OUT)
+    "Rooms-3": ("rooms", "rooms_3", ["--num_meta_episodes", "2", "--max_episode_length", "100", "--steps", "7000"]),
+    "PRN": ("halfcircle", "halfcircle_meta", ["--steps", "10500"]),
+}
+
+
+def reference_timing(case: str, prefix: int) -> dict[str, float]:
+    """Median seconds per update of the reference at H' = ``prefix`` (its run's timing log)."""
+    with tempfile.TemporaryDirectory() as out:
+        block, task, flags = REFERENCE_RUNS[case]
+        command = [
+            "bash",
+            str(Path(__file__).with_name("reference_run.sh")),
+            block,
+            *flags,
+            "--initial_wm_horizon",
+            str(prefix),
+            "--train_ratio",
+            "0.03",
+            "--eval_episode_num",
+            "2",
+            "--test_episode_num",
+            "2",
+            "--log_every",
+            "1",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OUT": out, "TASK": task})
+        log = Path(out) / "timing.jsonl"
+        rows = [json.loads(line) for line in (log.read_text().splitlines() if log.exists() else []) if '"upd"' in line]
+    if len(rows) < 3:
+        raise RuntimeError(
+            f"the reference's {case} run gave {len(rows)} updates:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+    rows = rows[1:]  # (the first update carries the reference's warm-up)
+    return {
+        "s_per_update": statistics.median(r["update_s"] for r in rows),
+        "world_model_s": statistics.median(r["wm_s"] for r in rows),
+        "actor_critic_s": statistics.median(r["ac_s"] for r in rows),
+        "updates": len(rows),
+        "H_prime_measured": rows[-1].get("H", prefix),
+    }
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--updates", type=int, default=6, help="timed updates per case and mode")
+    parser.add_argument("--reference", action="store_true", help="also time the reference code (../shared/refbench)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     info = machine_info()
@@ -51,6 +110,12 @@ def main() -> None:
             )
         rows[-1]["first_update_with_compilation_s"] = compile_s
         model.env.close()
+        if args.reference and not args.quick:
+            if not REFBENCH.is_dir():
+                raise SystemExit(f"--reference needs the reference code at {REFBENCH}")
+            result = reference_timing(name, prefix)
+            rows.append({"case": name, "H_prime": prefix, "mode": "reference", **result})
+            print(f"{name} H'={prefix} reference: {result['s_per_update']:.3f} s/update", flush=True)
     lines = [
         f"# Backends, same run: {describe(info)}",
         "",

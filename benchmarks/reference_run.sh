@@ -5,6 +5,7 @@
 #   bash benchmarks/reference_run.sh halfcircle                 # PRN, the full budget (its "2e6" = 1M real steps)
 #   bash benchmarks/reference_run.sh halfcircle --steps 200000  # any extra dreamer.py flag is passed on
 #   bash benchmarks/reference_run.sh --summary DIR              # the table of a run in progress or killed
+#   TASK=rooms_3 bash benchmarks/reference_run.sh rooms ...     # a task other than <block>_meta
 #
 # Writes into $OUT (default /tmp/reference_<block>): out.log, wandb.jsonl (its metrics through the
 # refbench wandb shim) and timing.jsonl. The virtualenv is the one ../shared/refbench/run.sh builds
@@ -48,6 +49,6 @@ mkdir -p "$out"
 work="$(mktemp -d)"; cp -r "$refbench/code/." "$work/"; chmod -R u+w "$work"
 cd "$work"
 PYTHONPATH="$refbench/shim" WANDB_SHIM_LOG="$out/wandb.jsonl" REF_TIMING_LOG="$out/timing.jsonl" \
-  "$venv/bin/python" dreamer.py --configs "$block" --task "${block}_meta" --device "${DEVICE:-cpu}" \
+  "$venv/bin/python" dreamer.py --configs "$block" --task "${TASK:-${block}_meta}" --device "${DEVICE:-cpu}" \
   --compile False --log_every 3000 --logdir "$out/logs" "$@" > "$out/out.log" 2>&1
 summary "$out"

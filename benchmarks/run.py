@@ -131,7 +131,9 @@ def sync(model: MAMBA) -> None:
 def mode_context(model: MAMBA, mode: str):
     """Train ``model`` with ``mode``'s backend and precision inside the block."""
     model.precision = "bfloat16" if mode.endswith("bfloat16") else "float32"
-    model.kernels = select_backend(mode.removesuffix("_bfloat16"), model.device)
+    model.kernels = select_backend(
+        mode.removesuffix("_bfloat16"), model.device, model.policy.world_model.rssm, model.batch_size
+    )
     padded = [layer for layer in model.policy.modules() if isinstance(layer, PaddedLinear)]
     if model.kernels.prepare is not None:
         model.kernels.prepare(model.policy)

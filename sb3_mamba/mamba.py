@@ -353,7 +353,7 @@ class MAMBA(BaseAlgorithm):
             **self.policy_kwargs,
         }
         self.policy = self.policy_class(self.observation_space, self.action_space, **policy_kwargs).to(self.device)
-        self.kernels = select_backend(self.backend, self.device)
+        self.kernels = select_backend(self.backend, self.device, self.policy.world_model.rssm, self.batch_size)
         if self.kernels.prepare is not None:
             self.kernels.prepare(self.policy)
         if self.verbose >= 1:

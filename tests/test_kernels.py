@@ -23,7 +23,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_mamba import MAMBA
 from sb3_mamba.behavior import ActorCritic, ImaginationStarts
-from sb3_mamba.kernels import BACKENDS, compiled, imagination, native, posterior_scan, select_backend
+from sb3_mamba.kernels import BACKENDS, compiled, imagination, native, posterior_scan, select_backend, selection
 from sb3_mamba.kernels.imagination import FactoredInput, factored_feat, mlp_outputs
 from sb3_mamba.kernels.layers import PaddedLinear, pad_wide_heads
 from sb3_mamba.mamba import _imagination_starts
@@ -320,7 +320,7 @@ def test_backend_is_selected_once_and_logged(capsys):
     env = make_vec_env("MetaRooms-1-v0", n_envs=1, seed=0, env_kwargs={"sub_episode_length": 10})
     model = MAMBA("RSSMPolicy", env, seed=0, backend="eager", verbose=1, **TINY)
     assert model.kernels.name == "eager" and "MAMBA backend: eager" in capsys.readouterr().out
-    assert MAMBA("RSSMPolicy", env, seed=0, **TINY).kernels.name == "native"  # "auto"
+    assert MAMBA("RSSMPolicy", env, seed=0, **TINY).kernels.name == "native"  # "auto": native, measured
     with pytest.raises(ValueError, match="backend must be one of"):
         MAMBA("RSSMPolicy", env, backend="fast", **TINY)
 
@@ -380,3 +380,41 @@ def test_every_backend_trains(backend):
     env = make_vec_env("MetaRooms-1-v0", n_envs=1, seed=0, env_kwargs={"sub_episode_length": 10})
     model = MAMBA("RSSMPolicy", env, seed=0, backend=backend, **TINY).learn(80)
     assert model._n_updates > 0
+
+
+# -- "auto": each kernel where it beats ATen here ---------------------------------------------------------
+def test_a_kernel_runs_only_where_it_was_measured_faster():
+    choice = selection.pick({"scan_c": 0.1, "scan_aten": 0.2, "gru_c": 0.3, "gru_aten": 0.2})
+    assert choice.scan_c and not choice.gru_c
+    assert not selection.pick({"scan_c": 0.2, "scan_aten": 0.2, "gru_c": 0.2, "gru_aten": 0.2}).scan_c  # a tie: ATen
+
+
+@needs_c
+def test_the_choice_is_measured_once_per_machine_and_size_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("SB3_MAMBA_CACHE_DIR", str(tmp_path))  # (the kernels stay loaded: only the choice moves)
+    rssm = make_rssm()
+    first = selection.choose(rssm, batch_size=4)
+    assert len(list(tmp_path.glob("choice-*.json"))) == 1
+    assert selection.choose(rssm, batch_size=4) == first  # read back, not measured again (timings would differ)
+    selection.choose(rssm, batch_size=8)  # another size: its own measurement
+    assert len(list(tmp_path.glob("choice-*.json"))) == 2
+
+
+@needs_c
+def test_the_measurement_leaves_the_global_random_state_alone():
+    rssm = make_rssm()  # (draws from the global generator itself)
+    torch.manual_seed(0)
+    selection.measure(rssm, batch_size=2, rounds=1)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
+
+
+@needs_c
+def test_auto_runs_the_measured_choice_and_logs_it(capsys):
+    env = make_vec_env("MetaRooms-1-v0", n_envs=1, seed=0, env_kwargs={"sub_episode_length": 10})
+    model = MAMBA("RSSMPolicy", env, seed=0, verbose=1, **TINY)
+    assert "measured here: posterior unroll on" in capsys.readouterr().out
+    choice = selection.choose(model.policy.world_model.rssm, model.batch_size)
+    assert model.kernels.observe.keywords == {"use_c": choice.scan_c}
+    assert model.kernels.imagine.keywords == {"use_c": choice.gru_c}

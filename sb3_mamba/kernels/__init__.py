@@ -17,13 +17,15 @@ the same update faster, each checked against eager by ``tests/test_kernels.py``
     The eager step functions through ``torch.compile``
     (:mod:`~sb3_mamba.kernels.compiled`): no hand-written code, any device.
 ``"auto"``
-    ``"native"``: the fastest measured on the CPUs and the GPU it was tried on
-    (``benchmarks/results``).
+    ``"native"``, with each C++ kernel only where it beats ATen on this machine and at
+    this model's sizes, by a short measurement at first use, cached
+    (:mod:`~sb3_mamba.kernels.selection`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -57,9 +59,14 @@ class Backend:
     detail: str = ""
 
 
-def select_backend(name: str, device: torch.device | str = "cpu") -> Backend:
+def select_backend(
+    name: str, device: torch.device | str = "cpu", rssm: RSSM | None = None, batch_size: int = 16
+) -> Backend:
     """The :class:`Backend` called ``name`` (one of :data:`BACKENDS`) for ``device``.
 
+    :param rssm: the model's RSSM, for ``"auto"`` to measure its kernels at its sizes (None: no
+        measurement, the C++ kernels wherever they build, as ``"native"``).
+    :param batch_size: sequences per update (``"auto"``'s measurement).
     :raises ValueError: for an unknown name.
     """
     if name not in BACKENDS:
@@ -72,9 +79,18 @@ def select_backend(name: str, device: torch.device | str = "cpu") -> Backend:
 
         return compiled.backend()
     # "auto" and "native"
-    from sb3_mamba.kernels import imagination, layers, posterior_scan
+    from sb3_mamba.kernels import imagination, layers, posterior_scan, selection
 
     uses_c = device.type == "cpu" and native.posterior_scan_library() is not None
+    if name == "auto" and uses_c and rssm is not None:
+        choice = selection.choose(rssm, batch_size)
+        return Backend(
+            "native",
+            observe=functools.partial(posterior_scan.observe, use_c=choice.scan_c),
+            imagine=functools.partial(imagination.imagine, use_c=choice.gru_c),
+            prepare=layers.pad_wide_heads,
+            detail="fused posterior unroll and imagination; measured here: " + choice.describe(),
+        )
     return Backend(
         "native",
         observe=posterior_scan.observe,
