@@ -48,6 +48,7 @@ class RSSM(nn.Module):
         unimix: float = 0.01,
     ):
         super().__init__()
+        self.embed_dim, self.action_dim, self.hidden_dim = embed_dim, action_dim, hidden
         self.deter_dim, self.stoch_dim, self.classes, self.unimix = deter, stoch, classes, unimix
         self.feat_dim = stoch * classes + deter
         self.initial_deter = nn.Parameter(torch.zeros(deter))  # learned initial state (tanh of it)

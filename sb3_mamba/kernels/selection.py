@@ -90,10 +90,8 @@ def measure(rssm: RSSM, batch_size: int, rounds: int = 5) -> dict[str, float]:
     """Median seconds of each kernel and of the ATen path it replaces, alternated over ``rounds``."""
     model = copy.deepcopy(rssm).float().cpu()
     generator = torch.Generator().manual_seed(0)
-    embed_dim = model.post_embed.in_features
-    action_dim = model.img_in[0].in_features - model.stoch_dim * model.classes
-    embed = torch.randn(batch_size, SCAN_STEPS, embed_dim, generator=generator, requires_grad=True)
-    action = torch.randn(batch_size, SCAN_STEPS, action_dim, generator=generator)
+    embed = torch.randn(batch_size, SCAN_STEPS, model.embed_dim, generator=generator, requires_grad=True)
+    action = torch.randn(batch_size, SCAN_STEPS, model.action_dim, generator=generator)
     is_first = torch.zeros(batch_size, SCAN_STEPS, dtype=torch.bool)
     is_first[:, 0] = True
 
@@ -134,15 +132,7 @@ def measure(rssm: RSSM, batch_size: int, rounds: int = 5) -> dict[str, float]:
 
 
 def _key(rssm: RSSM, batch_size: int) -> str:
-    sizes = (
-        rssm.deter_dim,
-        rssm.stoch_dim,
-        rssm.classes,
-        rssm.post_embed.in_features,
-        rssm.post_embed.out_features,
-        rssm.img_in[0].in_features,
-        batch_size,
-        torch.get_num_threads(),
-    )
+    model_sizes = (rssm.deter_dim, rssm.stoch_dim, rssm.classes, rssm.embed_dim, rssm.hidden_dim, rssm.action_dim)
+    sizes = (*model_sizes, batch_size, torch.get_num_threads())
     parts: list[Any] = [native.SOURCE.read_text(), torch.__version__, native._cpu_signature(), sizes]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
