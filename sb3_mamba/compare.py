@@ -296,10 +296,10 @@ def run_seed(run: Path) -> int | None:
     class Loader(yaml.SafeLoader):  # rl_zoo3 dumps an OrderedDict: read it as a dict, construct nothing else
         pass
 
-    Loader.add_constructor(
-        "tag:yaml.org,2002:python/object/apply:collections.OrderedDict",
-        lambda loader, node: dict(loader.construct_sequence(node, deep=True)[0]),
-    )
+    def ordered_dict(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> dict:
+        return dict(loader.construct_sequence(node, deep=True)[0])
+
+    Loader.add_constructor("tag:yaml.org,2002:python/object/apply:collections.OrderedDict", ordered_dict)
     for path in run.glob("*/args.yml"):
         try:
             seed = yaml.load(path.read_text(), Loader=Loader).get("seed")
