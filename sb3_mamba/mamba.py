@@ -391,7 +391,8 @@ class MAMBA(BaseAlgorithm):
     @torch.no_grad()
     def _collect_step(self, callback: BaseCallback) -> None:
         """One step of every env, stored in the replay buffer."""
-        self.policy.set_training_mode(False)
+        if self.policy.training:  # (a walk over every module: only after train() switched it on)
+            self.policy.set_training_mode(False)
         obs = self._last_obs
         starts = torch.as_tensor(self._last_episode_starts, dtype=torch.bool, device=self.device)
         action_vec, state = self.policy.act(self._obs_to_tensor(obs), self._rollout_state, starts)

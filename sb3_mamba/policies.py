@@ -214,7 +214,8 @@ class RSSMPolicy(BasePolicy):
                 "the Gymnasium API (`obs, info = env.reset()`) with SB3's VecEnv API (`obs = vec_env.reset()`). "
                 "Pass the observation only (see https://github.com/DLR-RM/stable-baselines3/issues/1694)."
             )
-        self.set_training_mode(False)
+        if self.training:  # (a walk over every module: only when something switched it on)
+            self.set_training_mode(False)
         obs_tensor, vectorized = self.obs_to_tensor(observation)
         n = _batch_size(obs_tensor)
         if episode_start is None:
