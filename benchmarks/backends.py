@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import describe, machine_info
-from benchmarks.run import PAPER, QUICK, RESULTS, build, mode_context, time_updates
+from benchmarks.run import PAPER, QUICK, RESULTS, build, fmt, mode_context, time_updates
 from sb3_mamba.schedules import WorldModelHorizonSchedule
 
 CASES = [("Rooms-3", "MetaRooms-3-v0", {}, 200), ("PRN", "MetaPointRobot-v0", {}, 300)]
@@ -76,10 +76,6 @@ def reference_timing(case: str, prefix: int) -> dict[str, float]:
         "updates": len(rows),
         "H_prime_measured": rows[-1].get("H", prefix),
     }
-
-
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def main() -> None:

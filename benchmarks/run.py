@@ -513,6 +513,11 @@ def section_training(args) -> list[dict[str, Any]]:
 
 
 # -- report ------------------------------------------------------------------------------------------
+def fmt(value: float | None) -> str:
+    """Seconds to three decimals, "-" where a case did not measure them."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [f"# sb3-mamba benchmark ({report['device']}, torch {report['torch']}, {report['threads']} threads)", ""]
     lines += [
@@ -523,7 +528,6 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     seconds = {(r["case"], r["H_prime"], r["mode"]): r["s_per_update"] for r in report["update"]}
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in report["update"]:
         key = (r["case"], r["H_prime"])
         ratio = seconds[(*key, "eager")] / r["s_per_update"]

@@ -378,8 +378,11 @@ def test_a_whole_update_matches_eager(env_id, backend, same_random_draws):
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "compile"])
 def test_every_backend_trains(backend):
     env = make_vec_env("MetaRooms-1-v0", n_envs=1, seed=0, env_kwargs={"sub_episode_length": 10})
-    model = MAMBA("RSSMPolicy", env, seed=0, backend=backend, **TINY).learn(80)
-    assert model._n_updates > 0
+    model = MAMBA("RSSMPolicy", env, seed=0, backend=backend, **TINY)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(80)
+    assert model._n_updates > 0 and model.kernels.name == ("eager" if backend == "eager" else "native")
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.policy.parameters(), strict=True))
 
 
 # -- "auto": each kernel where it beats ATen here ---------------------------------------------------------
