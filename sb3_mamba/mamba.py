@@ -573,6 +573,7 @@ class MAMBA(BaseAlgorithm):
                     self.dyn_scale,
                     self.rep_scale,
                     observe=self.kernels.observe,
+                    window_outputs_fn=self.kernels.window_outputs,
                 )
             self.policy.model_optimizer.zero_grad(set_to_none=True)
             wm_loss.backward()

@@ -127,10 +127,13 @@ class RSSMPolicy(BasePolicy):
             layers=actor_critic_layers,
             actor_unimix=actor_unimix,
         )
-        self.model_optimizer = torch.optim.Adam(self.world_model.parameters(), lr=model_lr, eps=model_eps)
-        self.actor_optimizer = torch.optim.Adam(self.actor_critic.actor.parameters(), lr=actor_lr, eps=actor_critic_eps)
+        # fused: Adam's update as one kernel over all parameters (the same update, to float rounding)
+        self.model_optimizer = torch.optim.Adam(self.world_model.parameters(), lr=model_lr, eps=model_eps, fused=True)
+        self.actor_optimizer = torch.optim.Adam(
+            self.actor_critic.actor.parameters(), lr=actor_lr, eps=actor_critic_eps, fused=True
+        )
         self.critic_optimizer = torch.optim.Adam(
-            self.actor_critic.critic.parameters(), lr=critic_lr, eps=actor_critic_eps
+            self.actor_critic.critic.parameters(), lr=critic_lr, eps=actor_critic_eps, fused=True
         )
         if isinstance(action_space, spaces.Box):
             self._low = torch.as_tensor(action_space.low, dtype=torch.float32)

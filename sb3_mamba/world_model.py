@@ -22,7 +22,7 @@ the pairing of features with windows follows the reference exactly (see there).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -101,6 +101,22 @@ def window_steps(index: Tensor, mask: Tensor, window: int) -> tuple[Tensor, Tens
     return embed_step.clamp(0, length - 1), target_step.clamp(0, length - 1), valid.to(mask.dtype)
 
 
+def window_outputs(heads: Iterable[nn.Module], feat_l: Tensor, embed_w: Tensor) -> list[Tensor]:
+    """The window heads on the reference's pairing of features with windows.
+
+    feat_l (B, L, F) features at the sampled indices, embed_w (B, L * W, E) the embeddings of the
+    window steps (:func:`window_steps`' layout) -> each head's output on (B, L * W, F + E) inputs.
+    The reference tiles the features (``feat.repeat(1, W, 1)``: entry j reads the features of
+    sampled index j mod L) while the windows are laid out per index (entry j belongs to index
+    j // W): a window's embeddings and targets meet the features of another sampled step of the
+    same sequence. We pair them the same way.
+    """
+    window = embed_w.shape[1] // feat_l.shape[1]
+    feat_tiled = feat_l.repeat(1, window, 1)  # (B, L * W, F)
+    inputs = torch.cat([feat_tiled, embed_w], dim=-1)  # (B, L * W, F + E)
+    return [head(inputs) for head in heads]
+
+
 class ConvEncoder(nn.Module):
     """(n, height, width, channels) images (or channels first) in [-0.5, 0.5] -> (n, out_dim); halves the size
     per layer down to 4x4."""
@@ -147,7 +163,11 @@ class ConvDecoder(nn.Module):
         self.net[-1].load_state_dict(output_layer.state_dict())
 
     def forward(self, feat: Tensor) -> Tensor:
-        x = self.net(self.project(feat).reshape(-1, self.start_channels, 4, 4))
+        return self.from_projection(self.project(feat))
+
+    def from_projection(self, projected: Tensor) -> Tensor:
+        """(..., channels * 16) output of :attr:`project` -> (n, height, width, channels) images."""
+        x = self.net(projected.reshape(-1, self.start_channels, 4, 4))
         return x if self.channels_first else x.permute(0, 2, 3, 1)
 
 
@@ -262,6 +282,7 @@ class WorldModel(nn.Module):
         dyn_scale: float = 0.5,
         rep_scale: float = 0.1,
         observe: Callable[..., tuple[State, State]] | None = None,
+        window_outputs_fn: Callable[..., list[Tensor]] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], State]:
         """World-model loss on a batch of sequences.
 
@@ -269,7 +290,8 @@ class WorldModel(nn.Module):
         ``num_indices`` = L_wm prediction indices per sequence (uniform over the valid
         steps, with replacement); None takes every valid step (Dreamer's window loss).
         ``observe``: ``(rssm, embed, action, is_first) -> (post, prior)``, a backend's fast path of
-        :meth:`RSSM.observe` (None: :meth:`RSSM.observe` itself).
+        :meth:`RSSM.observe` (None: :meth:`RSSM.observe` itself); ``window_outputs_fn``: a backend's
+        fast path of :func:`window_outputs` (None: :func:`window_outputs` itself).
         Returns (total loss, metrics, posterior states (B, T, ...)).
         """
         embed = self.encode(obs)  # (B, T, E)
@@ -319,7 +341,9 @@ class WorldModel(nn.Module):
         )
         losses["continue_loss"] = (cont_nll * index_mask).sum() / count
         if self.reconstruction_window:
-            losses.update(self.window_losses(feat_l, embed, obs, reward, terminated, mask, index, index_mask))
+            losses.update(
+                self.window_losses(feat_l, embed, obs, reward, terminated, mask, index, index_mask, window_outputs_fn)
+            )
 
         total = sum(losses.values()) + dyn_scale * dyn_loss + rep_scale * rep_loss
         metrics = {
@@ -341,36 +365,35 @@ class WorldModel(nn.Module):
         mask: Tensor,
         index: Tensor,
         index_mask: Tensor,
+        window_outputs_fn: Callable[..., list[Tensor]] | None = None,
     ) -> dict[str, Tensor]:
         """The reference's reconstruction-window losses (module docstring).
 
         feat_l (B, L, F) features at the sampled ``index`` (B, L); embed (B, T, E); the data as in
         :meth:`loss`. Each loss is a mean over all B * L * W window entries, the out-of-range
         ones counted as zeros, as the reference's ``-mean(log_prob * mask)``.
+        ``window_outputs_fn``: a backend's fast path of :func:`window_outputs` (None: :func:`window_outputs`).
         """
         window = self.reconstruction_window
         embed_step, target_step, valid = window_steps(index, mask, window)  # (B, L * W) each
         valid = valid * index_mask.repeat_interleave(window, dim=1)  # (B, L * W)
         count = index_mask.sum().clamp_min(1.0) * window
-        # The reference tiles the features (``feat.repeat(1, W, 1)``: entry j reads the features of
-        # sampled index j mod L) while the windows are laid out per index (entry j belongs to index
-        # j // W): a window's embeddings and targets meet the features of another sampled step of the
-        # same sequence. We pair them the same way.
-        feat_tiled = feat_l.repeat(1, window, 1)  # (B, L * W, F)
-        inputs = torch.cat([feat_tiled, gather_steps(embed, embed_step)], dim=-1)  # (B, L * W, F + E)
+        embed_w = gather_steps(embed, embed_step)  # (B, L * W, E)
+        heads_fn = window_outputs_fn or window_outputs
+        outputs = dict(zip(self.window_heads, heads_fn(self.window_heads.values(), feat_l, embed_w), strict=True))
         target = lambda x: gather_steps(x, target_step)  # noqa: E731
         losses = {}
         if self.vector_dim:
-            error = (self.window_heads["vector"](inputs) - symlog(target(obs[VECTOR_KEY]))) ** 2  # (B, L * W, D)
+            error = (outputs["vector"] - symlog(target(obs[VECTOR_KEY]))) ** 2  # (B, L * W, D)
             losses["window_decoder_loss"] = (error.sum(-1) * valid).sum() / count
         for key in self.image_shapes:
             image = target(obs[key])  # (B, L * W, height, width, channels)
-            prediction = self.window_heads[f"image_{key}"](inputs.flatten(0, 1)).reshape(image.shape)
+            prediction = outputs[f"image_{key}"].reshape(image.shape)
             losses[f"window_image_loss_{key}"] = (((prediction - image) ** 2).sum((-3, -2, -1)) * valid).sum() / count
-        reward_nll = -self.two_hot.log_prob(self.window_heads["reward"](inputs), target(reward))  # (B, L * W)
+        reward_nll = -self.two_hot.log_prob(outputs["reward"], target(reward))  # (B, L * W)
         losses["window_reward_loss"] = (reward_nll * valid).sum() / count
         cont_nll = F.binary_cross_entropy_with_logits(
-            self.window_heads["cont"](inputs).squeeze(-1), 1.0 - target(terminated.float()), reduction="none"
+            outputs["cont"].squeeze(-1), 1.0 - target(terminated.float()), reduction="none"
         )  # (B, L * W)
         losses["window_continue_loss"] = (cont_nll * valid).sum() / count
         return losses

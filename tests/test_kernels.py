@@ -23,13 +23,22 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_mamba import MAMBA
 from sb3_mamba.behavior import ActorCritic, ImaginationStarts
-from sb3_mamba.kernels import BACKENDS, compiled, imagination, native, posterior_scan, select_backend, selection
+from sb3_mamba.kernels import (
+    BACKENDS,
+    compiled,
+    imagination,
+    native,
+    posterior_scan,
+    select_backend,
+    selection,
+    window,
+)
 from sb3_mamba.kernels.imagination import FactoredInput, factored_feat, mlp_outputs
 from sb3_mamba.kernels.layers import PaddedLinear, pad_wide_heads
 from sb3_mamba.mamba import _imagination_starts
 from sb3_mamba.networks import mlp
 from sb3_mamba.rssm import RSSM
-from sb3_mamba.world_model import WorldModel
+from sb3_mamba.world_model import ConvDecoder, WorldModel, window_outputs
 from tests.test_mamba import TINY
 
 B, T, E, A = 5, 13, 24, 4
@@ -310,6 +319,38 @@ def test_factored_input_linear_equals_the_dense_matmul(with_rows):
         torch.testing.assert_close(factored, plain)
 
 
+def test_factored_window_heads_equal_the_eager_heads():
+    """Each head on [features tiled, embedding]: the first layers split, stacked and the features'
+    half computed once per sampled index give the eager values and gradients."""
+    torch.manual_seed(0)
+    batch, indices, window_size, feat_dim, embed_dim = 3, 5, 3, 10, 6
+    heads = torch.nn.ModuleList(
+        [
+            mlp(feat_dim + embed_dim, 8, 2, out_dim=4),
+            mlp(feat_dim + embed_dim, 8, 1, out_dim=255),
+            ConvDecoder(feat_dim + embed_dim, (8, 8, 2), depth=4),  # a biased first layer
+        ]
+    ).double()  # (float64: a summation-order difference cannot hide an error)
+    feat_l = torch.randn(batch, indices, feat_dim, dtype=torch.float64, requires_grad=True)
+    embed_w = torch.randn(batch, indices * window_size, embed_dim, dtype=torch.float64, requires_grad=True)
+    inputs = [feat_l, embed_w, *heads.parameters()]
+    upstream = None
+    results = []
+    for path in (window_outputs, window.window_outputs):
+        outputs = path(heads, feat_l, embed_w)
+        upstream = upstream or [torch.randn_like(out) for out in outputs]
+        results.append((outputs, torch.autograd.grad(outputs, inputs, upstream)))
+    (eager_out, eager_grads), (fast_out, fast_grads) = results
+    assert [out.shape for out in fast_out] == [(3, 15, 4), (3, 15, 255), (45, 8, 8, 2)]
+    for fast, eager in zip([*fast_out, *fast_grads], [*eager_out, *eager_grads], strict=True):
+        torch.testing.assert_close(fast, eager, rtol=1e-10, atol=1e-12)
+    # a head of another shape: every head through the eager path
+    odd = [torch.nn.Linear(feat_dim + embed_dim, 3).double(), heads[0]]
+    fast_odd, eager_odd = window.window_outputs(odd, feat_l, embed_w), window_outputs(odd, feat_l, embed_w)
+    for fast, eager in zip(fast_odd, eager_odd, strict=True):
+        torch.testing.assert_close(fast, eager)
+
+
 # -- the switch and a whole update ---------------------------------------------------------------------------
 def test_unknown_backend_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="'auto', 'eager', 'native', 'compile'"):
@@ -344,6 +385,7 @@ def update_losses_and_grads(model: MAMBA, batch, backend: str):
         t["mask"],
         model.wm_indices,
         observe=kernels.observe,
+        window_outputs_fn=kernels.window_outputs,
     )
     wm_grads = torch.autograd.grad(wm_loss, list(wm.parameters()), allow_unused=True)
     starts = _imagination_starts(post, t["mask"], model.ac_indices)

@@ -11,7 +11,8 @@ the same update faster, each checked against eager by ``tests/test_kernels.py``
     (:mod:`~sb3_mamba.kernels.native`, built on first use; ATen ops on GPU or
     without a compiler); imagination with shared start states and factored
     features (:mod:`~sb3_mamba.kernels.imagination`), the GRU cell in C
-    (:mod:`~sb3_mamba.kernels.gru`); wide heads padded to a multiple of 8
+    (:mod:`~sb3_mamba.kernels.gru`); the reconstruction window's first layers factored
+    (:mod:`~sb3_mamba.kernels.window`); wide heads padded to a multiple of 8
     columns (:mod:`~sb3_mamba.kernels.layers`).
 ``"compile"``
     The eager step functions through ``torch.compile``
@@ -48,6 +49,8 @@ class Backend:
         (None: :meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>`).
     :param imagine: ``(actor_critic, world_model, start, horizon) -> Imagination`` for the
         actor-critic losses (None: :meth:`ActorCritic.imagine <sb3_mamba.behavior.ActorCritic.imagine>`).
+    :param window_outputs: ``(heads, feat_l, embed_w) -> outputs`` for the reconstruction window's heads
+        (None: :func:`~sb3_mamba.world_model.window_outputs`).
     :param prepare: applied once to the policy's modules (parameters unchanged).
     :param detail: what runs, for the log.
     """
@@ -55,6 +58,7 @@ class Backend:
     name: str
     observe: Callable[[RSSM, torch.Tensor, torch.Tensor, torch.Tensor], tuple[State, State]] | None = None
     imagine: Callable[[ActorCritic, Any, ImaginationStarts, int], Imagination] | None = None
+    window_outputs: Callable[..., list[torch.Tensor]] | None = None
     prepare: Callable[[nn.Module], None] | None = None
     detail: str = ""
 
@@ -79,7 +83,7 @@ def select_backend(
 
         return compiled.backend()
     # "auto" and "native"
-    from sb3_mamba.kernels import imagination, layers, posterior_scan, selection
+    from sb3_mamba.kernels import imagination, layers, posterior_scan, selection, window
 
     uses_c = device.type == "cpu" and native.posterior_scan_library() is not None
     if name == "auto" and uses_c and rssm is not None:
@@ -88,6 +92,7 @@ def select_backend(
             "native",
             observe=functools.partial(posterior_scan.observe, use_c=choice.scan_c),
             imagine=functools.partial(imagination.imagine, use_c=choice.gru_c),
+            window_outputs=window.window_outputs,
             prepare=layers.pad_wide_heads,
             detail="fused posterior unroll and imagination; measured here: " + choice.describe(),
         )
@@ -95,6 +100,7 @@ def select_backend(
         "native",
         observe=posterior_scan.observe,
         imagine=imagination.imagine,
+        window_outputs=window.window_outputs,
         prepare=layers.pad_wide_heads,
         detail="fused posterior unroll and imagination, " + ("C kernels" if uses_c else "ATen ops (no C kernels)"),
     )
