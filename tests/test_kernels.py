@@ -223,11 +223,12 @@ def behavior_models(action_space: spaces.Space):
 
 
 def shared_starts() -> ImaginationStarts:
-    """300 starts sharing 7 distinct posterior states, as MAMBA's prefix sampling gives them."""
+    """300 starts sharing 7 of 12 posterior states, as MAMBA's prefix sampling gives them (some states
+    are never drawn)."""
     torch.manual_seed(1)
-    deter = torch.randn(7, SMALL["deter"])
-    stoch = torch.nn.functional.one_hot(torch.randint(4, (7, 3)), 4).float()
-    return ImaginationStarts(deter, stoch, torch.randint(7, (300,)))
+    deter = torch.randn(12, SMALL["deter"])
+    stoch = torch.nn.functional.one_hot(torch.randint(4, (12, 3)), 4).float()
+    return ImaginationStarts(deter, stoch, 5 + torch.randint(7, (300,)))
 
 
 def behavior_values_and_grads(wm, ac, imagine, horizon: int = 4):
@@ -264,6 +265,15 @@ def test_imagination_runs_the_first_discrete_step_once_per_state_action_pair():
     pairs = len(torch.unique(start.index * 3 + actions[0].argmax(-1)))
     assert 7 < pairs <= 21 and len(feats[0].dense) == pairs  # far fewer GRU rows than the 300 starts
     assert all(len(feat) == 300 for feat in feats)
+
+
+def test_imagination_computes_per_state_work_for_the_drawn_states_only():
+    wm, ac = behavior_models(spaces.Box(-1, 1, (3,), np.float32))
+    rows = []
+    ac.actor.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    imagination.imagine(ac, wm, shared_starts(), 2, use_c=HAS_C)
+    assert rows[0] == 7  # the 7 states drawn, not the 12 the starts index into; then once per start
+    assert rows[1:] == [300]
 
 
 # -- the layers of the fast paths ------------------------------------------------------------------------
