@@ -101,19 +101,20 @@ def window_steps(index: Tensor, mask: Tensor, window: int) -> tuple[Tensor, Tens
     return embed_step.clamp(0, length - 1), target_step.clamp(0, length - 1), valid.to(mask.dtype)
 
 
-def window_outputs(heads: Iterable[nn.Module], feat_l: Tensor, embed_w: Tensor) -> list[Tensor]:
+def window_outputs(heads: Iterable[nn.Module], feat_l: Tensor, embed: Tensor, embed_step: Tensor) -> list[Tensor]:
     """The window heads on the reference's pairing of features with windows.
 
-    feat_l (B, L, F) features at the sampled indices, embed_w (B, L * W, E) the embeddings of the
-    window steps (:func:`window_steps`' layout) -> each head's output on (B, L * W, F + E) inputs.
+    feat_l (B, L, F) features at the sampled indices, embed (B, T, E) the embeddings, embed_step
+    (B, L * W) the window steps whose embeddings the heads read (:func:`window_steps`) -> each
+    head's output on (B, L * W, F + E) inputs.
     The reference tiles the features (``feat.repeat(1, W, 1)``: entry j reads the features of
     sampled index j mod L) while the windows are laid out per index (entry j belongs to index
     j // W): a window's embeddings and targets meet the features of another sampled step of the
     same sequence. We pair them the same way.
     """
-    window = embed_w.shape[1] // feat_l.shape[1]
+    window = embed_step.shape[1] // feat_l.shape[1]
     feat_tiled = feat_l.repeat(1, window, 1)  # (B, L * W, F)
-    inputs = torch.cat([feat_tiled, embed_w], dim=-1)  # (B, L * W, F + E)
+    inputs = torch.cat([feat_tiled, gather_steps(embed, embed_step)], dim=-1)  # (B, L * W, F + E)
     return [head(inputs) for head in heads]
 
 
@@ -378,9 +379,9 @@ class WorldModel(nn.Module):
         embed_step, target_step, valid = window_steps(index, mask, window)  # (B, L * W) each
         valid = valid * index_mask.repeat_interleave(window, dim=1)  # (B, L * W)
         count = index_mask.sum().clamp_min(1.0) * window
-        embed_w = gather_steps(embed, embed_step)  # (B, L * W, E)
         heads_fn = window_outputs_fn or window_outputs
-        outputs = dict(zip(self.window_heads, heads_fn(self.window_heads.values(), feat_l, embed_w), strict=True))
+        heads = self.window_heads.values()
+        outputs = dict(zip(self.window_heads, heads_fn(heads, feat_l, embed, embed_step), strict=True))
         target = lambda x: gather_steps(x, target_step)  # noqa: E731
         losses = {}
         if self.vector_dim:

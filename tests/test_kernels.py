@@ -330,8 +330,9 @@ def test_factored_input_linear_equals_the_dense_matmul(with_rows):
 
 
 def test_factored_window_heads_equal_the_eager_heads():
-    """Each head on [features tiled, embedding]: the first layers split, stacked and the features'
-    half computed once per sampled index give the eager values and gradients."""
+    """Each head on [features tiled, embedding]: the first layers split, stacked, the features' half
+    computed once per sampled index and the embedding's once per distinct step give the eager values
+    and gradients."""
     torch.manual_seed(0)
     batch, indices, window_size, feat_dim, embed_dim = 3, 5, 3, 10, 6
     heads = torch.nn.ModuleList(
@@ -342,12 +343,14 @@ def test_factored_window_heads_equal_the_eager_heads():
         ]
     ).double()  # (float64: a summation-order difference cannot hide an error)
     feat_l = torch.randn(batch, indices, feat_dim, dtype=torch.float64, requires_grad=True)
-    embed_w = torch.randn(batch, indices * window_size, embed_dim, dtype=torch.float64, requires_grad=True)
-    inputs = [feat_l, embed_w, *heads.parameters()]
+    embed = torch.randn(batch, 9, embed_dim, dtype=torch.float64, requires_grad=True)
+    # (B, L * W) window steps: 15 entries per sequence from 9 steps, so steps repeat
+    embed_step = torch.randint(9, (batch, indices * window_size))
+    inputs = [feat_l, embed, *heads.parameters()]
     upstream = None
     results = []
     for path in (window_outputs, window.window_outputs):
-        outputs = path(heads, feat_l, embed_w)
+        outputs = path(heads, feat_l, embed, embed_step)
         upstream = upstream or [torch.randn_like(out) for out in outputs]
         results.append((outputs, torch.autograd.grad(outputs, inputs, upstream)))
     (eager_out, eager_grads), (fast_out, fast_grads) = results
@@ -356,7 +359,8 @@ def test_factored_window_heads_equal_the_eager_heads():
         torch.testing.assert_close(fast, eager, rtol=1e-10, atol=1e-12)
     # a head of another shape: every head through the eager path
     odd = [torch.nn.Linear(feat_dim + embed_dim, 3).double(), heads[0]]
-    fast_odd, eager_odd = window.window_outputs(odd, feat_l, embed_w), window_outputs(odd, feat_l, embed_w)
+    fast_odd = window.window_outputs(odd, feat_l, embed, embed_step)
+    eager_odd = window_outputs(odd, feat_l, embed, embed_step)
     for fast, eager in zip(fast_odd, eager_odd, strict=True):
         torch.testing.assert_close(fast, eager)
 

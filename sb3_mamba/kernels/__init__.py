@@ -49,7 +49,7 @@ class Backend:
         (None: :meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>`).
     :param imagine: ``(actor_critic, world_model, start, horizon) -> Imagination`` for the
         actor-critic losses (None: :meth:`ActorCritic.imagine <sb3_mamba.behavior.ActorCritic.imagine>`).
-    :param window_outputs: ``(heads, feat_l, embed_w) -> outputs`` for the reconstruction window's heads
+    :param window_outputs: ``(heads, feat_l, embed, embed_step) -> outputs`` for the reconstruction window's heads
         (None: :func:`~sb3_mamba.world_model.window_outputs`).
     :param prepare: applied once to the policy's modules (parameters unchanged).
     :param detail: what runs, for the log.
