@@ -4,6 +4,12 @@
     python -m benchmarks.backends --reference    # ... and the paper's reference code at the same H', same machine
     python -m benchmarks.backends --quick        # tiny sizes: a breakage check, not timing
 
+On an AVX-512 machine, what an AVX2-only CPU runs (the instruction set limited for ATen, oneDNN,
+MKL and our kernels, the reference's run included; the header says so)::
+
+    ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+    SB3_MAMBA_NATIVE_ARCH=x86-64-v3 python -m benchmarks.backends --reference --tag cpu_avx2
+
 ``--reference`` (where ``../shared/refbench`` is present) runs the reference implementation at its own
 settings with H' pinned, after ours in the same invocation: Rooms-3 through ``refbench/run.sh`` and
 PRN through ``benchmarks/reference_run.sh halfcircle`` for ~30 updates, and reads the seconds of
@@ -84,6 +90,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=6, help="timed updates per case and mode")
     parser.add_argument("--reference", action="store_true", help="also time the reference code (../shared/refbench)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="cpu", help="names the result files backends_<tag>.{json,md}")
     args = parser.parse_args()
     info = machine_info()
     print(f"# {describe(info)}", flush=True)
@@ -112,7 +119,7 @@ def main() -> None:
             result = reference_timing(name, prefix)
             rows.append({"case": name, "H_prime": prefix, "mode": "reference", **result})
             print(f"{name} H'={prefix} reference: {result['s_per_update']:.3f} s/update", flush=True)
-    tag = "quick" if args.quick else "cpu"
+    tag = "quick" if args.quick else args.tag
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"backends_{tag}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
     lines = [

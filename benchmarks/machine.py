@@ -10,7 +10,7 @@ import torch
 _VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def machine_info() -> dict[str, object]:
+def _machine_info() -> dict[str, object]:
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as file:
@@ -32,10 +32,22 @@ def machine_info() -> dict[str, object]:
     }
 
 
+#: environment variables that limit the instruction set torch, oneDNN, MKL and our kernels use
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "SB3_MAMBA_NATIVE_ARCH")
+
+
+def machine_info() -> dict[str, object]:
+    """The CPU, its vector extensions, cores, torch, its threads and ISA limits in effect."""
+    return {**_machine_info(), "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}}
+
+
 def describe(info: dict[str, object] | None = None) -> str:
     info = info or machine_info()
     extensions = ", ".join(info["vector_extensions"]) or "none of " + ", ".join(_VECTOR_FLAGS[:3])
+    limits = info.get("isa_limits") or {}
     return (
         f"{info['cpu']} ({extensions}); {info['cores']} cores; torch {info['torch']}, "
-        f"{info['torch_threads']} threads" + (f"; GPU {info['cuda']}" if info["cuda"] else "")
+        f"{info['torch_threads']} threads"
+        + (f"; GPU {info['cuda']}" if info["cuda"] else "")
+        + ("; instruction set limited by " + ", ".join(f"{k}={v}" for k, v in limits.items()) if limits else "")
     )

@@ -5,7 +5,7 @@ vectorised with whatever the CPU has) depends on that CPU and on the model's siz
 times each kernel against the ATen path it replaces, once per machine and size, and keeps the
 faster: the posterior unroll (forward and backward, the same hand-written backward either way) and
 imagination's GRU cell. The choice is cached as JSON beside the kernels (keyed by the CPU's model
-and flags, torch, the kernel source and the sizes) and logged with its timings.
+and flags, torch, the instruction set in use, the kernel source and the sizes) and logged with its timings.
 
 The measurement draws its inputs from its own generator and takes latent modes, so torch's global
 random state (and a seeded run's samples) are untouched.
@@ -134,5 +134,7 @@ def measure(rssm: RSSM, batch_size: int, rounds: int = 5) -> dict[str, float]:
 def _key(rssm: RSSM, batch_size: int) -> str:
     model_sizes = (rssm.deter_dim, rssm.stoch_dim, rssm.classes, rssm.embed_dim, rssm.hidden_dim, rssm.action_dim)
     sizes = (*model_sizes, batch_size, torch.get_num_threads())
-    parts: list[Any] = [native.SOURCE.read_text(), torch.__version__, native._cpu_signature(), sizes]
+    # the instruction set torch and the kernels may use (both sides of the measurement)
+    isa = (native.arch_flag(), torch.backends.cpu.get_cpu_capability(), os.environ.get("DNNL_MAX_CPU_ISA"))
+    parts: list[Any] = [native.SOURCE.read_text(), torch.__version__, native._cpu_signature(), isa, sizes]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]

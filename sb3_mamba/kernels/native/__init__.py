@@ -12,7 +12,7 @@ parallel ATen op, not in a child forked after its parent ran parallel work:
 GNU OpenMP does not survive such a fork; start such children with "spawn").
 
 The source is compiled against this torch (include and library paths from
-``torch.utils.cpp_extension``) on the machine it runs on (``-O3 -march=native``),
+``torch.utils.cpp_extension``) on the machine it runs on (``-O3 -march=native``; :func:`arch_flag`),
 once: the library is cached under ``$SB3_MAMBA_CACHE_DIR`` (default
 ``~/.cache/sb3_mamba``), keyed by the source, flags, compiler, torch and CPU,
 and written atomically; a process loads it once. Once loaded, a self-check against
@@ -43,7 +43,15 @@ import torch
 
 SOURCE = Path(__file__).with_name("posterior_scan.cpp")
 #: no -ffast-math: NaNs must survive the kernels so MAMBA's finite checks still see them
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-Wno-vla", "-Wno-unused-function")
+FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-Wno-vla", "-Wno-unused-function")
+
+
+def arch_flag() -> str:
+    """``-march=native``, or ``-march=$SB3_MAMBA_NATIVE_ARCH`` (e.g. ``x86-64-v3``: AVX2 code on an
+    AVX-512 machine, to measure what an AVX2-only CPU runs)."""
+    return "-march=" + (os.environ.get("SB3_MAMBA_NATIVE_ARCH") or "native")
+
+
 NAME = "sb3_mamba_kernels"
 
 _DISABLED_DEPTH = 0
@@ -101,7 +109,7 @@ def build(compiler: str) -> Path:
         "\0".join(
             [
                 SOURCE.read_text(),
-                " ".join(FLAGS),
+                " ".join((*FLAGS, arch_flag())),
                 compiler,
                 version,
                 torch.__version__,
@@ -119,6 +127,7 @@ def build(compiler: str) -> Path:
     command = [
         compiler,
         *FLAGS,
+        arch_flag(),
         "-std=c++17",
         "-shared",
         "-fPIC",
