@@ -3,18 +3,30 @@
     python -m benchmarks.end_to_end                         # PRN (MetaPointRobot-v0), 60,000 env steps
     python -m benchmarks.end_to_end --env MetaRooms-3-v0 --steps 40000
     python -m benchmarks.end_to_end --quick                 # a breakage check, not timing
+    python -m benchmarks.end_to_end --reference             # ... and the reference's own run, same machine
 
 Builds MAMBA from ``sb3_mamba/hyperparams/mamba.yml`` (n_envs, train_ratio, H' schedule, sizes,
 imagination horizon), collects the random prefill, then times ``learn(steps)``: acting, storing
 and every update, as a user's wall clock sees them. The full budget's time is that rate times
 ``n_timesteps`` (exact for PRN, whose H' is the whole meta-episode from the start; an upper bound
-where the schedule starts H' short). Writes ``benchmarks/results/end_to_end_<env>.{md,json}``.
+where the schedule starts H' short). The seconds inside updates are reported apart from the rest
+(acting and storing).
+
+``--reference`` (where ``../shared/refbench`` is present) then runs the paper's reference code in
+the same invocation at its own settings for the same env steps after its prefill (its H' schedule,
+its updates per env step; evaluations shortened), and reads its rounds from its timing log: it
+collects one meta-episode per env, then updates, and its figure is the env steps of its rounds
+over their collection and update seconds (its first round, with its warm-up, left out; ours
+starts after the first updates). Writes ``benchmarks/results/end_to_end_<env>.{md,json}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +37,48 @@ from sb3_mamba import MAMBA
 from sb3_mamba.zoo import load_hyperparams
 
 RESULTS = Path(__file__).with_name("results")
+REFBENCH = Path(__file__).resolve().parents[2] / "shared" / "refbench"
+#: the reference's block, task and flags per env (its Rooms-3 meta-episode: 2 episodes of 100 steps)
+REFERENCE_RUNS = {
+    "MetaPointRobot-v0": ("halfcircle", "halfcircle_meta", []),
+    "MetaRooms-3-v0": ("rooms", "rooms_3", ["--num_meta_episodes", "2", "--max_episode_length", "100"]),
+}
+
+
+def reference_end_to_end(env_id: str, steps: int, horizon: int) -> dict[str, float]:
+    """The reference's env steps per second over its rounds of ``steps`` env steps after its prefill
+    (25 meta-episodes of ``horizon`` steps) and its first round (10 envs)."""
+    block, task, flags = REFERENCE_RUNS[env_id]
+    with tempfile.TemporaryDirectory() as out:
+        command = [
+            "bash",
+            str(Path(__file__).with_name("reference_run.sh")),
+            block,
+            *flags,
+            "--steps",
+            str((25 + 10) * horizon + steps),
+            "--eval_episode_num",
+            "2",
+            "--test_episode_num",
+            "2",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OUT": out, "TASK": task})
+        log = Path(out) / "timing.jsonl"
+        lines = log.read_text().splitlines() if log.exists() else []
+    rounds = [json.loads(line) for line in lines if '"collect_steps"' in line][1:]
+    if not rounds:
+        raise RuntimeError(
+            f"the reference's {env_id} run logged no rounds:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+    env_steps = sum(r["collect_steps"] for r in rounds)
+    collect_s, update_s = sum(r["collect_s"] for r in rounds), sum(r["updates_s"] for r in rounds)
+    return {
+        "timed_env_steps": env_steps,
+        "timed_updates": sum(r["n_updates"] for r in rounds),
+        "seconds": collect_s + update_s,
+        "update_seconds": update_s,
+        "env_steps_per_s": env_steps / (collect_s + update_s),
+    }
 
 
 def main() -> None:
@@ -33,6 +87,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60_000, help="timed env steps (after the prefill)")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--reference", action="store_true", help="also run the reference code (../shared/refbench)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     info = machine_info()
@@ -54,6 +109,8 @@ def main() -> None:
     horizon = env.get_attr("horizon")[0]
     model.learn(model.prefill_episodes * horizon + n_envs * horizon)  # the random prefill, then first updates
     updates_before, steps_before = model._n_updates, model.num_timesteps
+    h_start = model.wm_horizon()
+    model.profile_updates = True  # the seconds inside updates (CPU: no synchronisation added)
     tic = time.perf_counter()
     model.learn(args.steps, reset_num_timesteps=False)
     elapsed = time.perf_counter() - tic
@@ -66,25 +123,38 @@ def main() -> None:
         "timed_env_steps": steps,
         "timed_updates": model._n_updates - updates_before,
         "seconds": elapsed,
+        "update_seconds": sum(model.update_timings["world_model"]) + sum(model.update_timings["actor_critic"]),
         "env_steps_per_s": steps / elapsed,
         "budget_env_steps": budget,
         "budget_minutes": budget / (steps / elapsed) / 60,
-        "wm_horizon": model.wm_horizon(),
+        "wm_horizon": f"{h_start}-{model.wm_horizon()}" if h_start != model.wm_horizon() else str(h_start),
     }
+    env.close()
+    rows = [{"implementation": f"sb3-mamba ({args.backend})", **row}]
+    if args.reference and not args.quick:
+        if not REFBENCH.is_dir():
+            raise SystemExit(f"--reference needs the reference code at {REFBENCH}")
+        rows.append({**row, "implementation": "reference", **reference_end_to_end(args.env, steps, horizon)})
+        rows[-1]["budget_minutes"] = budget / rows[-1]["env_steps_per_s"] / 60
     text = (
         f"# End to end, {args.env} at its zoo settings: {describe(info)}\n\n"
-        "| env | backend | envs | updates per env step | H' | timed env steps | updates | seconds | env steps/s | "
-        "full budget | minutes for it |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
-        f"| {args.env} | {args.backend} | {n_envs} | {row['train_ratio']:.5f} | {row['wm_horizon']} | {steps} | "
-        f"{row['timed_updates']} | {elapsed:.1f} | {row['env_steps_per_s']:.1f} | {budget:,} | "
-        f"{row['budget_minutes']:.0f} |\n"
+        "| implementation | envs | updates per env step | H' | timed env steps | updates | seconds | in updates | "
+        "env steps/s | full budget | minutes for it |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
+    for r in rows:
+        text += (
+            f"| {r['implementation']} | {n_envs} | {r['train_ratio']:.5f} | {r['wm_horizon']} | "
+            f"{r['timed_env_steps']} | {r['timed_updates']} | {r['seconds']:.1f} | {r['update_seconds']:.1f} | "
+            f"{r['env_steps_per_s']:.1f} | {budget:,} | {r['budget_minutes']:.0f} |\n"
+        )
+    if len(rows) > 1:
+        ratio = rows[0]["env_steps_per_s"] / rows[1]["env_steps_per_s"]
+        text += f"\nsb3-mamba / reference, env steps per second: {ratio:.2f}x\n"
     print(text)
     tag = args.env + ("_quick" if args.quick else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"end_to_end_{tag}.md").write_text(text)
-    (args.out_dir / f"end_to_end_{tag}.json").write_text(json.dumps({"machine": info, **row}, indent=1))
-    env.close()
+    (args.out_dir / f"end_to_end_{tag}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import cast
 
 import torch
 
@@ -43,8 +44,8 @@ def machine_info() -> dict[str, object]:
 
 def describe(info: dict[str, object] | None = None) -> str:
     info = info or machine_info()
-    extensions = ", ".join(info["vector_extensions"]) or "none of " + ", ".join(_VECTOR_FLAGS[:3])
-    limits = info.get("isa_limits") or {}
+    extensions = ", ".join(cast(list, info["vector_extensions"])) or "none of " + ", ".join(_VECTOR_FLAGS[:3])
+    limits = cast(dict, info.get("isa_limits") or {})
     return (
         f"{info['cpu']} ({extensions}); {info['cores']} cores; torch {info['torch']}, "
         f"{info['torch_threads']} threads"

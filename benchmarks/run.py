@@ -186,7 +186,8 @@ def time_updates(
     """Seconds per update of each mode at H' = ``prefix``, the modes interleaved in rounds.
 
     A shared machine's speed drifts over minutes; running the modes
-    in turns (3 rounds) keeps the ratios between them fair.
+    in turns (3 rounds) keeps the ratios between them fair. Each round of a mode
+    starts with an untimed update.
     """
     if prefix is not None:  # pin H'
         model.wm_horizon_schedule = WorldModelHorizonSchedule(prefix, prefix, 1)
@@ -198,6 +199,9 @@ def time_updates(
     for _ in range(rounds):
         for mode in modes:
             with mode_context(model, mode):
+                # one untimed update after each switch: in one run the mode that followed compile
+                # measured slower than the same code did when run apart
+                model.train(1)
                 model.profile_updates = True
                 model.update_timings = {"world_model": [], "actor_critic": []}
                 sync(model)
