@@ -8,9 +8,9 @@
 Builds MAMBA from ``sb3_mamba/hyperparams/mamba.yml`` (n_envs, train_ratio, H' schedule, sizes,
 imagination horizon), collects the random prefill, then times ``learn(steps)``: acting, storing
 and every update, as a user's wall clock sees them. The full budget's time is that rate times
-``n_timesteps`` (exact for PRN, whose H' is the whole meta-episode from the start; an upper bound
-where the schedule starts H' short). The seconds inside updates are reported apart from the rest
-(acting and storing).
+``n_timesteps`` (exact for PRN, whose H' is the whole meta-episode from the start; a lower bound
+where the schedule starts H' short, as on Rooms, whose later updates cost more). The seconds
+inside updates are reported apart from the rest (acting and storing).
 
 ``--reference`` (where ``../shared/refbench`` is present) then runs the paper's reference code in
 the same invocation at its own settings for the same env steps after its prefill (its H' schedule,
@@ -55,8 +55,8 @@ def reference_end_to_end(env_id: str, steps: int, horizon: int) -> dict[str, flo
             str(Path(__file__).with_name("reference_run.sh")),
             block,
             *flags,
-            "--steps",
-            str((25 + 10) * horizon + steps),
+            "--steps",  # (its counter adds each training-round step twice, the prefill's once)
+            str(25 * horizon + 2 * (10 * horizon + steps)),
             "--eval_episode_num",
             "2",
             "--test_episode_num",
@@ -66,6 +66,7 @@ def reference_end_to_end(env_id: str, steps: int, horizon: int) -> dict[str, flo
         log = Path(out) / "timing.jsonl"
         lines = log.read_text().splitlines() if log.exists() else []
     rounds = [json.loads(line) for line in lines if '"collect_steps"' in line][1:]
+    horizons = [json.loads(line).get("H") for line in lines if '"upd"' in line]
     if not rounds:
         raise RuntimeError(
             f"the reference's {env_id} run logged no rounds:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
@@ -78,6 +79,7 @@ def reference_end_to_end(env_id: str, steps: int, horizon: int) -> dict[str, flo
         "seconds": collect_s + update_s,
         "update_seconds": update_s,
         "env_steps_per_s": env_steps / (collect_s + update_s),
+        "wm_horizon": f"{min(horizons)}-{max(horizons)}" if horizons and None not in horizons else "-",
     }
 
 
