@@ -97,6 +97,10 @@ def main() -> None:
     if "eager" not in modes or not set(modes) <= set(MODES):
         raise SystemExit(f"--modes: a subset of {', '.join(MODES)} that includes eager (the baseline)")
     info = machine_info()
+    if info["isa_limits"] and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # inductor's cache is not keyed by ATEN_CPU_CAPABILITY: kernels cached for another
+        # instruction set gave the compile backend non-finite losses
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_")
     print(f"# {describe(info)}", flush=True)
     rows = []
     for name, env_id, env_kwargs, prefix in QUICK_CASES if args.quick else CASES:

@@ -135,6 +135,11 @@ def _key(rssm: RSSM, batch_size: int) -> str:
     model_sizes = (rssm.deter_dim, rssm.stoch_dim, rssm.classes, rssm.embed_dim, rssm.hidden_dim, rssm.action_dim)
     sizes = (*model_sizes, batch_size, torch.get_num_threads())
     # the instruction set torch and the kernels may use (both sides of the measurement)
-    isa = (native.arch_flag(), torch.backends.cpu.get_cpu_capability(), os.environ.get("DNNL_MAX_CPU_ISA"))
+    isa = (
+        *native.FLAGS,
+        native.arch_flag(),
+        torch.backends.cpu.get_cpu_capability(),
+        os.environ.get("DNNL_MAX_CPU_ISA"),
+    )
     parts: list[Any] = [native.SOURCE.read_text(), torch.__version__, native._cpu_signature(), isa, sizes]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]

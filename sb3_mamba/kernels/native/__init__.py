@@ -42,8 +42,10 @@ from typing import Any
 import torch
 
 SOURCE = Path(__file__).with_name("posterior_scan.cpp")
-#: no -ffast-math: NaNs must survive the kernels so MAMBA's finite checks still see them
-FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-Wno-vla", "-Wno-unused-function")
+#: no -ffast-math: NaNs must survive the kernels so MAMBA's finite checks still see them.
+#: -fno-trapping-math (floating-point exceptions are never read) lets the compiler turn the
+#: exponential's clamps into blends: without it, AVX2 builds left the GRU gates' loop scalar.
+FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-Wno-vla", "-Wno-unused-function")
 
 
 def arch_flag() -> str:
