@@ -116,35 +116,43 @@ static void store_row(int n, const float *restrict src, void *dst, int bf16, int
   for (int i = 0; i < n; i++) p[i] = bf16_round(src[i]);
 }
 
-/* out (M, N) (+)= x (M, K) @ w (K, N); leading dimensions ldx, ldw, ldo. 4 x 64 register blocks
- * (16 accumulators: each weight row is loaded once per 4 rows of x); the rest plain loops. */
-typedef float vec16 __attribute__((vector_size(64)));
-static inline vec16 vload(const float *p) { vec16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+/* out (M, N) (+)= x (M, K) @ w (K, N); leading dimensions ldx, ldw, ldo. 4-row register blocks of
+ * NV vectors (each weight row is loaded once per 4 rows of x): 4 x 64 with AVX-512 (16 accumulators
+ * of its 32 registers); 4 x 16 otherwise, where AVX2's 16 registers would spill 16 accumulators
+ * of two halves each. The rest plain loops. */
+#if defined(__AVX512F__)
+#define VW 16 /* floats per vector */
+#define NV 4  /* vectors per block row */
+#else
+#define VW 8
+#define NV 2
+#endif
+#define NB (VW * NV) /* block columns */
+typedef float vecf __attribute__((vector_size(VW * sizeof(float))));
+static inline vecf vload(const float *p) { vecf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float *p, vecf v) { memcpy(p, &v, sizeof v); }
 
 static void matmul(int M, int K, int N, const float *restrict x, int ldx, const float *restrict w, int ldw,
                    float *restrict out, int ldo, int accumulate) {
   int m0 = 0;
   for (; m0 + 4 <= M; m0 += 4) {
     int n0 = 0;
-    for (; n0 + 64 <= N; n0 += 64) {
-      vec16 acc[4][4];
+    for (; n0 + NB <= N; n0 += NB) {
+      vecf acc[4][NV];
       for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++)
-          acc[i][j] = accumulate ? vload(out + (int64_t)(m0 + i) * ldo + n0 + 16 * j) : vec16{};
+        for (int j = 0; j < NV; j++)
+          acc[i][j] = accumulate ? vload(out + (int64_t)(m0 + i) * ldo + n0 + VW * j) : vecf{};
       for (int k = 0; k < K; k++) {
         const float *wk = w + (int64_t)k * ldw + n0;
-        const vec16 w0 = vload(wk), w1 = vload(wk + 16), w2 = vload(wk + 32), w3 = vload(wk + 48);
+        vecf wv[NV];
+        for (int j = 0; j < NV; j++) wv[j] = vload(wk + VW * j);
         for (int i = 0; i < 4; i++) {
           const float xi = x[(int64_t)(m0 + i) * ldx + k];
-          acc[i][0] += xi * w0;
-          acc[i][1] += xi * w1;
-          acc[i][2] += xi * w2;
-          acc[i][3] += xi * w3;
+          for (int j = 0; j < NV; j++) acc[i][j] += xi * wv[j];
         }
       }
       for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) vstore(out + (int64_t)(m0 + i) * ldo + n0 + 16 * j, acc[i][j]);
+        for (int j = 0; j < NV; j++) vstore(out + (int64_t)(m0 + i) * ldo + n0 + VW * j, acc[i][j]);
     }
     if (n0 < N)  /* the columns left of these four rows */
       for (int i = 0; i < 4; i++) {
