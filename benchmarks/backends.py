@@ -26,19 +26,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.machine import describe, machine_info
+from benchmarks.reference import require_refbench, run_reference
 from benchmarks.run import PAPER, QUICK, RESULTS, build, fmt, mode_context, time_updates
 from sb3_mamba.schedules import WorldModelHorizonSchedule
 
 CASES = [("Rooms-3", "MetaRooms-3-v0", {}, 200), ("PRN", "MetaPointRobot-v0", {}, 300)]
 QUICK_CASES = [("Rooms-3 (quick)", "MetaRooms-3-v0", {"sub_episode_length": 10}, 20)]
 MODES = ("auto", "eager", "native", "compile")
-REFBENCH = Path(__file__).resolve().parents[2] / "shared" / "refbench"
 #: the reference's own run per case: its command and the flags that pin H' and keep the run short
 REFERENCE_RUNS = {
     # (refbench/run.sh's flags for Rooms-3, through reference_run.sh so that the timing log lands in $OUT)
@@ -49,31 +48,12 @@ REFERENCE_RUNS = {
 
 def reference_timing(case: str, prefix: int) -> dict[str, float]:
     """Median seconds per update of the reference at H' = ``prefix`` (its run's timing log)."""
-    with tempfile.TemporaryDirectory() as out:
-        block, task, flags = REFERENCE_RUNS[case]
-        command = [
-            "bash",
-            str(Path(__file__).with_name("reference_run.sh")),
-            block,
-            *flags,
-            "--initial_wm_horizon",
-            str(prefix),
-            "--train_ratio",
-            "0.03",
-            "--eval_episode_num",
-            "2",
-            "--test_episode_num",
-            "2",
-            "--log_every",
-            "1",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OUT": out, "TASK": task})
-        log = Path(out) / "timing.jsonl"
-        rows = [json.loads(line) for line in (log.read_text().splitlines() if log.exists() else []) if '"upd"' in line]
+    block, task, flags = REFERENCE_RUNS[case]
+    pinned = ["--initial_wm_horizon", str(prefix), "--train_ratio", "0.03", "--log_every", "1"]
+    records, output = run_reference(block, task, [*flags, *pinned])
+    rows = [r for r in records if "upd" in r]
     if len(rows) < 3:
-        raise RuntimeError(
-            f"the reference's {case} run gave {len(rows)} updates:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-        )
+        raise RuntimeError(f"the reference's {case} run gave {len(rows)} updates:\n{output}")
     rows = rows[1:]  # (the first update carries the reference's warm-up)
     return {
         "s_per_update": statistics.median(r["update_s"] for r in rows),
@@ -124,8 +104,7 @@ def main() -> None:
             rows[-1]["first_update_with_compilation_s"] = compile_s
         model.env.close()
         if args.reference and not args.quick:
-            if not REFBENCH.is_dir():
-                raise SystemExit(f"--reference needs the reference code at {REFBENCH}")
+            require_refbench()
             result = reference_timing(name, prefix)
             rows.append({"case": name, "H_prime": prefix, "mode": "reference", **result})
             print(f"{name} H'={prefix} reference: {result['s_per_update']:.3f} s/update", flush=True)

@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from stable_baselines3.common.env_util import make_vec_env
 
 from benchmarks.machine import describe, machine_info
+from benchmarks.reference import require_refbench, run_reference
 from sb3_mamba import MAMBA
 from sb3_mamba.zoo import load_hyperparams
 
 RESULTS = Path(__file__).with_name("results")
-REFBENCH = Path(__file__).resolve().parents[2] / "shared" / "refbench"
 #: the reference's block, task and flags per env (its Rooms-3 meta-episode: 2 episodes of 100 steps)
 REFERENCE_RUNS = {
     "MetaPointRobot-v0": ("halfcircle", "halfcircle_meta", []),
@@ -45,32 +43,18 @@ REFERENCE_RUNS = {
 }
 
 
-def reference_end_to_end(env_id: str, steps: int, horizon: int) -> dict[str, float]:
+def reference_end_to_end(env_id: str, steps: int, horizon: int) -> dict[str, Any]:
     """The reference's env steps per second over its rounds of ``steps`` env steps after its prefill
     (25 meta-episodes of ``horizon`` steps) and its first round (10 envs)."""
     block, task, flags = REFERENCE_RUNS[env_id]
-    with tempfile.TemporaryDirectory() as out:
-        command = [
-            "bash",
-            str(Path(__file__).with_name("reference_run.sh")),
-            block,
-            *flags,
-            "--steps",  # (its counter adds each training-round step twice, the prefill's once)
-            str(25 * horizon + 2 * (10 * horizon + steps)),
-            "--eval_episode_num",
-            "2",
-            "--test_episode_num",
-            "2",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OUT": out, "TASK": task})
-        log = Path(out) / "timing.jsonl"
-        lines = log.read_text().splitlines() if log.exists() else []
-    rounds = [json.loads(line) for line in lines if '"collect_steps"' in line][1:]
-    horizons = [json.loads(line).get("H") for line in lines if '"upd"' in line]
+    # (its counter adds each training-round step twice, the prefill's once)
+    budget = 25 * horizon + 2 * (10 * horizon + steps)
+    records, output = run_reference(block, task, [*flags, "--steps", str(budget)])
+    rounds = [r for r in records if "collect_steps" in r][1:]
+    horizons = [r.get("H") for r in records if "upd" in r]
+    known = [h for h in horizons if h is not None]
     if not rounds:
-        raise RuntimeError(
-            f"the reference's {env_id} run logged no rounds:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-        )
+        raise RuntimeError(f"the reference's {env_id} run logged no rounds:\n{output}")
     env_steps = sum(r["collect_steps"] for r in rounds)
     collect_s, update_s = sum(r["collect_s"] for r in rounds), sum(r["updates_s"] for r in rounds)
     return {
@@ -79,7 +63,7 @@ def reference_end_to_end(env_id: str, steps: int, horizon: int) -> dict[str, flo
         "seconds": collect_s + update_s,
         "update_seconds": update_s,
         "env_steps_per_s": env_steps / (collect_s + update_s),
-        "wm_horizon": f"{min(horizons)}-{max(horizons)}" if horizons and None not in horizons else "-",
+        "wm_horizon": f"{min(known)}-{max(known)}" if horizons and len(known) == len(horizons) else "-",
     }
 
 
@@ -134,8 +118,7 @@ def main() -> None:
     env.close()
     rows = [{"implementation": f"sb3-mamba ({args.backend})", **row}]
     if args.reference and not args.quick:
-        if not REFBENCH.is_dir():
-            raise SystemExit(f"--reference needs the reference code at {REFBENCH}")
+        require_refbench()
         rows.append({**row, "implementation": "reference", **reference_end_to_end(args.env, steps, horizon)})
         rows[-1]["budget_minutes"] = budget / rows[-1]["env_steps_per_s"] / 60
     text = (
