@@ -136,8 +136,7 @@ def _key(rssm: RSSM, batch_size: int) -> str:
     sizes = (*model_sizes, batch_size, torch.get_num_threads())
     # the instruction set torch and the kernels may use (both sides of the measurement)
     isa = (
-        *native.FLAGS,
-        native.arch_flag(),
+        *native.compile_flags(),
         torch.backends.cpu.get_cpu_capability(),
         os.environ.get("DNNL_MAX_CPU_ISA"),
     )

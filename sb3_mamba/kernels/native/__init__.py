@@ -12,7 +12,7 @@ parallel ATen op, not in a child forked after its parent ran parallel work:
 GNU OpenMP does not survive such a fork; start such children with "spawn").
 
 The source is compiled against this torch (include and library paths from
-``torch.utils.cpp_extension``) on the machine it runs on (``-O3 -march=native``; :func:`arch_flag`),
+``torch.utils.cpp_extension``) on the machine it runs on (``-O3 -march=native``; :func:`compile_flags`),
 once: the library is cached under ``$SB3_MAMBA_CACHE_DIR`` (default
 ``~/.cache/sb3_mamba``), keyed by the source, flags, compiler, torch and CPU,
 and written atomically; a process loads it once. Once loaded, a self-check against
@@ -48,10 +48,10 @@ SOURCE = Path(__file__).with_name("posterior_scan.cpp")
 FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-Wno-vla", "-Wno-unused-function")
 
 
-def arch_flag() -> str:
-    """``-march=native``, or ``-march=$SB3_MAMBA_NATIVE_ARCH`` (e.g. ``x86-64-v3``: AVX2 code on an
-    AVX-512 machine, to measure what an AVX2-only CPU runs)."""
-    return "-march=" + (os.environ.get("SB3_MAMBA_NATIVE_ARCH") or "native")
+def compile_flags() -> tuple[str, ...]:
+    """:data:`FLAGS` and ``-march=native``, or ``-march=$SB3_MAMBA_NATIVE_ARCH`` (e.g. ``x86-64-v3``:
+    AVX2 code on an AVX-512 machine, to measure what an AVX2-only CPU runs)."""
+    return (*FLAGS, "-march=" + (os.environ.get("SB3_MAMBA_NATIVE_ARCH") or "native"))
 
 
 NAME = "sb3_mamba_kernels"
@@ -111,7 +111,7 @@ def build(compiler: str) -> Path:
         "\0".join(
             [
                 SOURCE.read_text(),
-                " ".join((*FLAGS, arch_flag())),
+                " ".join(compile_flags()),
                 compiler,
                 version,
                 torch.__version__,
@@ -128,8 +128,7 @@ def build(compiler: str) -> Path:
     os.close(fd)
     command = [
         compiler,
-        *FLAGS,
-        arch_flag(),
+        *compile_flags(),
         "-std=c++17",
         "-shared",
         "-fPIC",
