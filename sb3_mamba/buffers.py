@@ -185,7 +185,9 @@ class MetaEpisodeBuffer:
             if not dtype_ok:
                 raise ValueError(f"'{prefix}/{name}' has dtype {array.dtype}, expected {dtype}.")
             key = name.partition("/")[2]
-            for episode, part in zip(episodes, np.split(array, np.cumsum(lengths)[:-1]), strict=True):
+            # (no meta-episodes: no parts; np.split would return the empty array as one)
+            parts = np.split(array, np.cumsum(lengths)[:-1]) if len(lengths) else []
+            for episode, part in zip(episodes, parts, strict=True):
                 if key:
                     episode["obs"][key] = part.copy()
                 else:

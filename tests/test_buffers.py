@@ -105,6 +105,21 @@ def test_continuous_actions_and_pickle_round_trip(tmp_path):
     np.testing.assert_array_equal(a.action, b.action)
 
 
+def test_array_round_trip_with_no_unfinished_or_no_stored_meta_episodes():
+    """Saved at a meta-episode boundary (every env just finished) or before the first one ended."""
+    env = gym.make("MetaPointRobot-v0", sub_episode_length=5)
+    empty = MetaEpisodeBuffer(1000, env.observation_space, env.action_space, n_envs=2)
+    buffer = MetaEpisodeBuffer(1000, env.observation_space, env.action_space, n_envs=2)
+    fill(buffer, "MetaPointRobot-v0", episodes_per_env=2, sub_episode_length=5)
+    assert buffer._open == [None, None]  # the envs finished together
+    for original in (buffer, empty):
+        loaded = MetaEpisodeBuffer.from_arrays(original.to_arrays(), env.observation_space, env.action_space)
+        assert len(loaded) == len(original) and loaded._open == [None, None]
+        for stored, restored in zip(original.episodes, loaded.episodes, strict=True):
+            for name in ("obs", "action", "reward", "terminated"):
+                np.testing.assert_array_equal(restored[name], stored[name])
+
+
 def test_dict_image_observations_keep_uint8():
     obs_space = spaces.Dict(
         {
