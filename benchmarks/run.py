@@ -153,10 +153,7 @@ def time_forward_parts(model: MAMBA, repeats: int) -> tuple[float, float]:
     """Seconds of the RSSM unroll and of the imagination rollout (forward passes, as in an update)."""
     wm, ac = model.policy.world_model, model.policy.actor_critic
     batch = model._sample()
-    obs = wm.preprocess(model._obs_to_tensor(batch.obs))
-    action, is_first, mask = (
-        torch.as_tensor(getattr(batch, k), device=model.device) for k in ("action", "is_first", "mask")
-    )
+    obs, action, is_first, mask = (batch[k] for k in ("obs", "action", "is_first", "mask"))
     unroll, imagine = [], []
     for _ in range(repeats):
         with model._autocast():

@@ -188,7 +188,8 @@ class ActorCritic(nn.Module):
         return BoundedNormal(mean, std, self.min_std, self.max_std)
 
     @torch.no_grad()
-    def update_slow_critic(self, fraction: float) -> None:
+    def update_slow_critic(self, fraction: float | Tensor) -> None:
+        """Move the slow critic ``fraction`` of the way to the critic (a 0-d tensor: read on the device)."""
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters(), strict=True):
             slow.lerp_(fast, fraction)
 

@@ -275,7 +275,7 @@ class MetaEpisodeBuffer:
         unfinished = sum(_nbytes(e[0]) + e[1].nbytes + 5 for entries in self._open if entries for e in entries)
         return stored + unfinished
 
-    def _gather(self, picks: list[tuple[int, int]], length: int) -> MetaEpisodeBatch:
+    def gather(self, picks: list[tuple[int, int]], length: int) -> MetaEpisodeBatch:
         """Copy ``length`` entries from (episode index, start) pairs into one padded batch."""
         batch_size = len(picks)
         first = self.episodes[picks[0][0]]
@@ -305,9 +305,12 @@ class MetaEpisodeBuffer:
 
         Meta-episodes shorter than ``length`` are zero-padded (``mask`` False there).
         """
+        return self.gather(self.draw_prefixes(batch_size, length, rng), length)
+
+    def draw_prefixes(self, batch_size: int, length: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """The (episode index, start) pairs of :meth:`sample_prefixes`, for :meth:`gather`."""
         self._check_sample(batch_size, length)
-        picks = [(int(i), 0) for i in rng.integers(len(self.episodes), size=batch_size)]
-        return self._gather(picks, length)
+        return [(int(i), 0) for i in rng.integers(len(self.episodes), size=batch_size)]
 
     def sample_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> MetaEpisodeBatch:
         """``batch_size`` windows of ``length`` entries from uniformly random starts (Dreamer's sampling).
@@ -315,13 +318,17 @@ class MetaEpisodeBuffer:
         The window's first entry is marked ``is_first``: the RSSM starts there
         from its initial state, without the history before the window.
         """
+        return self.gather(self.draw_windows(batch_size, length, rng), length)
+
+    def draw_windows(self, batch_size: int, length: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """The (episode index, start) pairs of :meth:`sample_windows`, for :meth:`gather`."""
         self._check_sample(batch_size, length)
         picks = []
         for i in rng.integers(len(self.episodes), size=batch_size):
             episode_length = len(self.episodes[int(i)]["reward"])
             start = int(rng.integers(max(episode_length - length, 0) + 1))
             picks.append((int(i), start))
-        return self._gather(picks, length)
+        return picks
 
     def _check_sample(self, batch_size: int, length: int) -> None:
         if not self.episodes:

@@ -153,7 +153,9 @@ class BoundedNormal:
     def __init__(self, mean_logits: Tensor, std_logits: Tensor, min_std: float = 0.1, max_std: float = 1.0):
         self.mean = torch.tanh(full_precision(mean_logits))  # (..., A)
         self.std = (max_std - min_std) * torch.sigmoid(full_precision(std_logits) + 2.0) + min_std
-        self._normal = torch.distributions.Normal(self.mean, self.std)
+        # no argument checks: std > 0 holds by construction, and a check reads the values on the host (a GPU
+        # waits); NaN is caught after the update stage (sb3_mamba.mamba.SkipNonFinite)
+        self._normal = torch.distributions.Normal(self.mean, self.std, validate_args=False)
 
     def sample(self) -> Tensor:
         """A clipped sample without gradient."""

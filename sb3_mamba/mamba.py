@@ -8,6 +8,7 @@ posterior states -> :class:`~sb3_mamba.behavior.ActorCritic`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pathlib
 import time
@@ -28,9 +29,10 @@ from stable_baselines3.common.utils import FloatSchedule, safe_mean, update_lear
 
 from sb3_mamba import checkpoints, safe_load
 from sb3_mamba.behavior import ImaginationStarts
-from sb3_mamba.buffers import MetaEpisodeBatch, MetaEpisodeBuffer
+from sb3_mamba.buffers import MetaEpisodeBuffer
 from sb3_mamba.checkpoints import CheckpointError
 from sb3_mamba.cpu import tune_allocator
+from sb3_mamba.device_replay import DeviceReplay
 from sb3_mamba.kernels import select_backend
 from sb3_mamba.policies import RSSMPolicy
 from sb3_mamba.presets import resolve_preset
@@ -111,6 +113,10 @@ class MAMBA(BaseAlgorithm):
         system C compiler on CPU; ``SB3_MAMBA_NATIVE=0`` keeps them to ATen ops), ``"compile"``
         ``torch.compile`` of the eager steps, ``"auto"`` (default) the fastest measured. All compute
         the same update (``tests/test_kernels.py``); logged at ``verbose >= 1``.
+    :param replay_on_device: keep a copy of the stored meta-episodes in the device's memory and gather
+        each batch there (:mod:`sb3_mamba.device_replay`), so that no batch is copied from the host per
+        update; the same batches either way. None (default): on every device but the CPU. Under
+        ``VecNormalize`` batches are gathered and normalised on the host, with SB3's statistics.
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -158,6 +164,7 @@ class MAMBA(BaseAlgorithm):
         dyn_hidden: int | None = None,
         precision: str = "float32",
         backend: str = "auto",
+        replay_on_device: bool | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -222,6 +229,7 @@ class MAMBA(BaseAlgorithm):
         self.actor_critic_grad_clip = actor_critic_grad_clip
         self.precision = precision
         self.backend = backend
+        self.replay_on_device = replay_on_device
         self.network_sizes = {k: settings[k] for k in ("units", "dyn_deter", "dyn_stoch", "dyn_discrete", "dyn_hidden")}
         self._n_updates = 0
         self._train_credit = 0.0
@@ -363,6 +371,8 @@ class MAMBA(BaseAlgorithm):
         self.replay_buffer = MetaEpisodeBuffer(
             self.buffer_size, self.observation_space, self.action_space, n_envs=self.n_envs
         )
+        on_device = self.device.type != "cpu" if self.replay_on_device is None else self.replay_on_device
+        self.device_replay = DeviceReplay(self.device) if on_device else None
         initial = self.wm_horizon_initial if self.sampling == "prefix" and self.wm_horizon_initial else None
         self.wm_horizon_schedule = WorldModelHorizonSchedule(
             initial if initial is not None else self.meta_episode_length,
@@ -518,20 +528,32 @@ class MAMBA(BaseAlgorithm):
         """H' for the current number of env steps (logged as ``train/wm_horizon``)."""
         return self.wm_horizon_schedule(self._lifetime_timesteps)
 
-    def _sample(self) -> MetaEpisodeBatch:
-        """One update's batch, as the world model sees it.
+    def _sample(self) -> dict[str, Any]:
+        """One update's batch, as the world model sees it, on the device: the fields of
+        :class:`~sb3_mamba.buffers.MetaEpisodeBatch` as tensors (``obs`` preprocessed).
 
         Under VecNormalize the replay holds raw observations and rewards: they are normalised here with
         the current statistics, as SB3's off-policy algorithms sample.
         """
         if self.sampling == "prefix":
-            batch = self.replay_buffer.sample_prefixes(self.batch_size, self.wm_horizon() + 1, self._rng)
+            length = self.wm_horizon() + 1
+            picks = self.replay_buffer.draw_prefixes(self.batch_size, length, self._rng)
         else:
-            batch = self.replay_buffer.sample_windows(self.batch_size, self.batch_length, self._rng)
-        if self._vec_normalize_env is not None:
-            batch.obs = self._vec_normalize_env.normalize_obs(batch.obs)
-            batch.reward = self._vec_normalize_env.normalize_reward(batch.reward)
-        return batch
+            length = self.batch_length
+            picks = self.replay_buffer.draw_windows(self.batch_size, length, self._rng)
+        if self.device_replay is not None and self._vec_normalize_env is None:
+            self.device_replay.update(self.replay_buffer)
+            tensors = self.device_replay.gather(picks, length)
+        else:
+            batch = self.replay_buffer.gather(picks, length)
+            if self._vec_normalize_env is not None:
+                batch.obs = self._vec_normalize_env.normalize_obs(batch.obs)
+                batch.reward = self._vec_normalize_env.normalize_reward(batch.reward)
+            tensors = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
+            tensors = {k: v if k == "obs" else torch.as_tensor(v, device=self.device) for k, v in tensors.items()}
+            tensors["obs"] = self._obs_to_tensor(tensors["obs"])
+        tensors["obs"] = self.policy.world_model.preprocess(tensors["obs"])
+        return tensors
 
     def _clock(self) -> float:
         if self.profile_updates and self.device.type == "cuda":
@@ -542,80 +564,89 @@ class MAMBA(BaseAlgorithm):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
 
     def train(self, gradient_steps: int) -> None:
-        """``gradient_steps`` updates of the world model, actor and critic."""
+        """``gradient_steps`` updates of the world model, actor and critic.
+
+        The updates read nothing back on the host (a GPU runs them without waiting for the host); the
+        metrics and the finiteness checks are read once, after the last.
+        """
         self.policy.set_training_mode(True)
-        wm, ac = self.policy.world_model, self.policy.actor_critic
         self._update_learning_rate(self.policy.model_optimizer)
         progress = self._current_progress_remaining
         update_learning_rate(self.policy.actor_optimizer, self.actor_lr_schedule(progress))
         update_learning_rate(self.policy.critic_optimizer, self.critic_lr_schedule(progress))
         self.logger.record("train/actor_lr", self.actor_lr_schedule(progress))
         self.logger.record("train/critic_lr", self.critic_lr_schedule(progress))
+        guard = SkipNonFinite(self.device)
         metrics: dict[str, list[torch.Tensor]] = {}
         for _ in range(gradient_steps):
-            tic = self._clock()
-            batch = self._sample()
-            obs = wm.preprocess(self._obs_to_tensor(batch.obs))
-            tensors = {
-                k: torch.as_tensor(getattr(batch, k), device=self.device)
-                for k in ("action", "reward", "terminated", "is_first", "mask")
-            }
-            with self._autocast():
-                wm_loss, wm_metrics, post = wm.loss(
-                    obs,
-                    tensors["action"],
-                    tensors["reward"],
-                    tensors["terminated"],
-                    tensors["is_first"],
-                    tensors["mask"],
-                    self.wm_indices,
-                    self.free_bits,
-                    self.dyn_scale,
-                    self.rep_scale,
-                    observe=self.kernels.observe,
-                    window_outputs_fn=self.kernels.window_outputs,
-                )
-            self.policy.model_optimizer.zero_grad(set_to_none=True)
-            wm_loss.backward()
-            wm_norm = torch.nn.utils.clip_grad_norm_(list(wm.parameters()), self.model_grad_clip)
-            _check_finite(wm_metrics, {"gradient norm": wm_norm}, "world model")
-            self.policy.model_optimizer.step()
-            tac = self._clock()
-
-            start = _imagination_starts(post, tensors["mask"], self.ac_indices)
-            with self._autocast():
-                actor_loss, critic_loss, ac_metrics = ac.losses(
-                    wm,
-                    start,
-                    self.imag_horizon,
-                    self.discount,
-                    self.return_lambda,
-                    self.ent_coef,
-                    self.slow_critic_reg,
-                    imagine=self.kernels.imagine,
-                )
-            self.policy.actor_optimizer.zero_grad(set_to_none=True)
-            self.policy.critic_optimizer.zero_grad(set_to_none=True)
-            (actor_loss + critic_loss).backward()
-            actor_norm = torch.nn.utils.clip_grad_norm_(list(ac.actor.parameters()), self.actor_critic_grad_clip)
-            critic_norm = torch.nn.utils.clip_grad_norm_(list(ac.critic.parameters()), self.actor_critic_grad_clip)
-            _check_finite(
-                ac_metrics, {"actor gradient norm": actor_norm, "critic gradient norm": critic_norm}, "actor-critic"
-            )
-            self.policy.actor_optimizer.step()
-            self.policy.critic_optimizer.step()
-            ac.update_slow_critic(self.slow_critic_fraction)
-            self._n_updates += 1
-            if self.profile_updates:
-                toc = self._clock()
-                self.update_timings["world_model"].append(tac - tic)
-                self.update_timings["actor_critic"].append(toc - tac)
-            for key, value in {**wm_metrics, **ac_metrics}.items():
-                metrics.setdefault(key, []).append(value.detach())
-        for key, values in metrics.items():  # one host sync per metric, not per update
-            self.logger.record(f"train/{key}", torch.stack(values).mean().item())
+            for key, value in self._update(self._sample(), guard).items():
+                metrics.setdefault(key, []).append(value)
+        guard.raise_if_skipped(self)
+        # (one host read for all metrics)
+        means = torch.stack([torch.stack(values).float().mean() for values in metrics.values()]).tolist()
+        for key, mean in zip(metrics, means, strict=True):
+            self.logger.record(f"train/{key}", mean)
         self.logger.record("train/n_updates", self._n_updates)
         self.logger.record("train/wm_horizon", self.wm_horizon())
+
+    def _update(self, batch: dict[str, Any], guard: SkipNonFinite) -> dict[str, torch.Tensor]:
+        """One update on ``batch`` (:meth:`_sample`); returns its metrics, still on the device.
+
+        A stage whose losses or gradient norms are not finite, and every stage after it, skips its
+        optimiser steps (``guard``).
+        """
+        wm, ac = self.policy.world_model, self.policy.actor_critic
+        tic = self._clock()
+        with self._autocast():
+            wm_loss, wm_metrics, post = wm.loss(
+                batch["obs"],
+                batch["action"],
+                batch["reward"],
+                batch["terminated"],
+                batch["is_first"],
+                batch["mask"],
+                self.wm_indices,
+                self.free_bits,
+                self.dyn_scale,
+                self.rep_scale,
+                observe=self.kernels.observe,
+                window_outputs_fn=self.kernels.window_outputs,
+            )
+        self.policy.model_optimizer.zero_grad(set_to_none=True)
+        wm_loss.backward()
+        wm_norm = torch.nn.utils.clip_grad_norm_(list(wm.parameters()), self.model_grad_clip)
+        guard.check("world model", {**wm_metrics, "gradient norm": wm_norm}, self._n_updates)
+        guard.step(self.policy.model_optimizer)
+        tac = self._clock()
+
+        start = _imagination_starts(post, batch["mask"], self.ac_indices)
+        with self._autocast():
+            actor_loss, critic_loss, ac_metrics = ac.losses(
+                wm,
+                start,
+                self.imag_horizon,
+                self.discount,
+                self.return_lambda,
+                self.ent_coef,
+                self.slow_critic_reg,
+                imagine=self.kernels.imagine,
+            )
+        self.policy.actor_optimizer.zero_grad(set_to_none=True)
+        self.policy.critic_optimizer.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()
+        actor_norm = torch.nn.utils.clip_grad_norm_(list(ac.actor.parameters()), self.actor_critic_grad_clip)
+        critic_norm = torch.nn.utils.clip_grad_norm_(list(ac.critic.parameters()), self.actor_critic_grad_clip)
+        norms = {"actor gradient norm": actor_norm, "critic gradient norm": critic_norm}
+        guard.check("actor-critic", {**ac_metrics, **norms}, self._n_updates)
+        guard.step(self.policy.actor_optimizer, self.policy.critic_optimizer)
+        # (the slow critic follows only an applied critic step)
+        ac.update_slow_critic(self.slow_critic_fraction * (1.0 - guard.found))
+        self._n_updates += 1
+        if self.profile_updates:
+            toc = self._clock()
+            self.update_timings["world_model"].append(tac - tic)
+            self.update_timings["actor_critic"].append(toc - tac)
+        return {key: value.detach() for key, value in {**wm_metrics, **ac_metrics}.items()}
 
     # -- logging -------------------------------------------------------------------
     def dump_logs(self) -> None:
@@ -648,6 +679,7 @@ class MAMBA(BaseAlgorithm):
             "update_timings",
             "_run_state_left_out",
             "kernels",
+            "device_replay",
         ]
 
     def save(
@@ -870,15 +902,47 @@ def _check_finite_data(obs: Any, rewards: np.ndarray, infos: list[dict], dones: 
             )
 
 
-def _check_finite(metrics: dict[str, torch.Tensor], norms: dict[str, torch.Tensor], where: str) -> None:
-    """Raise :class:`NonFiniteLossError` naming the non-finite losses or gradient norms of one stage, before
-    its optimiser step. One host synchronisation: the names are only looked up when something is wrong."""
-    values = {**metrics, **norms}
-    # (one scalar per entry: every metric and norm is a 0-d tensor)
-    if bool(torch.isfinite(torch.stack([v.detach().float() for v in values.values()])).all()):
-        return
-    bad = [name for name, value in values.items() if not torch.isfinite(value).all()]
-    raise NonFiniteLossError(
-        f"Non-finite {where} {', '.join(bad)}: training stopped before the update; the last saved checkpoint "
-        "is intact. Check observations/rewards for NaN/Inf or lower the learning rate."
-    )
+class SkipNonFinite:
+    """Skips the optimiser steps of an update stage whose losses or gradient norms are not finite, and of
+    every stage after it, without reading anything on the host: each check adds to a flag on the device
+    that the fused Adam steps read as their ``found_inf`` (as ``torch.amp.GradScaler`` skips a step).
+    :meth:`raise_if_skipped` reads the flag once, after the updates.
+
+    :param device: where the updates run.
+    """
+
+    def __init__(self, device: torch.device):
+        #: 1.0 once a stage was not finite, else 0.0 (0-d, float32: fused Adam's ``found_inf``)
+        self.found = torch.zeros((), device=device)
+        #: (stage, its value names, (K,) which are finite, update number) per check
+        self.checks: list[tuple[str, list[str], torch.Tensor, int]] = []
+
+    def check(self, stage: str, values: dict[str, torch.Tensor], update: int) -> None:
+        """Record ``values`` (0-d tensors: losses, metrics, gradient norms) of ``stage`` of update ``update``."""
+        # (K,)
+        finite = torch.isfinite(torch.stack([value.detach().float() for value in values.values()]))
+        self.found = torch.maximum(self.found, (~finite.all()).float())
+        self.checks.append((stage, list(values), finite, update))
+
+    def step(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Each optimiser's step, skipped once a stage was not finite."""
+        for optimizer in optimizers:
+            optimizer.found_inf = self.found  # type: ignore[attr-defined]  # read by fused Adam's step
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf  # type: ignore[attr-defined]
+
+    def raise_if_skipped(self, model: MAMBA) -> None:
+        """Raise :class:`NonFiniteLossError` naming the first stage that was not finite, with ``model``'s
+        update count set back to the updates applied in full."""
+        if not bool(self.found):
+            return
+        stage, names, finite, update = next(check for check in self.checks if not bool(check[2].all()))
+        bad = [name for name, ok in zip(names, finite.tolist(), strict=True) if not ok]
+        model._n_updates = update
+        raise NonFiniteLossError(
+            f"Non-finite {stage} {', '.join(bad)} in update {update}: its {stage} step and every later "
+            "step were skipped, so the model holds only finite updates and the last saved checkpoint is "
+            "intact. Check observations/rewards for NaN/Inf or lower the learning rate."
+        )

@@ -14,6 +14,8 @@ inputs and random seed, and compared with them:
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ from sb3_mamba import MAMBA
 from sb3_mamba.behavior import ActorCritic, ImaginationStarts
 from sb3_mamba.kernels import (
     BACKENDS,
+    Backend,
     compiled,
     imagination,
     native,
@@ -62,10 +65,17 @@ def observe_with(name: str):
         return lambda *args: posterior_scan.observe(*args, use_c=False)
     if name == "scan-c":
         return lambda *args: posterior_scan.observe(*args, use_c=True)
+    if name == "scan-sync-free":  # what a GPU runs
+        return lambda *args: posterior_scan.observe(*args, use_c=False, sync_free=True)
     return compiled.observe
 
 
-OBSERVE_PATHS = ["scan-aten", pytest.param("scan-c", marks=needs_c), pytest.param("compile", marks=pytest.mark.slow)]
+OBSERVE_PATHS = [
+    "scan-aten",
+    pytest.param("scan-c", marks=needs_c),
+    "scan-sync-free",
+    pytest.param("compile", marks=pytest.mark.slow),
+]
 
 
 def make_rssm(device: str = "cpu") -> RSSM:
@@ -201,12 +211,15 @@ def imagine_with(name: str):
         return lambda *args: imagination.imagine(*args, use_c=False)
     if name == "native-c":
         return lambda *args: imagination.imagine(*args, use_c=True)
+    if name == "native-sync-free":  # what a GPU runs
+        return lambda *args: imagination.imagine(*args, use_c=False, sync_free=True)
     return compiled.imagine
 
 
 IMAGINE_PATHS = [
     "native-aten",
     pytest.param("native-c", marks=needs_c),
+    "native-sync-free",
     pytest.param("compile", marks=pytest.mark.slow),
 ]
 
@@ -261,7 +274,7 @@ def test_imagination_runs_the_first_discrete_step_once_per_state_action_pair():
     wm, ac = behavior_models(spaces.Discrete(3))
     start = shared_starts()
     torch.manual_seed(2)
-    _, feats, actions, _ = imagination._rollout(ac, wm.rssm, start, 3, use_c=HAS_C)
+    _, feats, actions, _ = imagination._rollout(ac, wm.rssm, start, 3, use_c=HAS_C, sync_free=False)
     pairs = len(torch.unique(start.index * 3 + actions[0].argmax(-1)))
     assert 7 < pairs <= 21 and len(feats[0].dense) == pairs  # far fewer GRU rows than the 300 starts
     assert all(len(feat) == 300 for feat in feats)
@@ -274,6 +287,9 @@ def test_imagination_computes_per_state_work_for_the_drawn_states_only():
     imagination.imagine(ac, wm, shared_starts(), 2, use_c=HAS_C)
     assert rows[0] == 7  # the 7 states drawn, not the 12 the starts index into; then once per start
     assert rows[1:] == [300]
+    rows.clear()
+    imagination.imagine(ac, wm, shared_starts(), 2, use_c=False, sync_free=True)
+    assert rows == [12, 300]  # sync-free: every state the starts index into (their number is known on the host)
 
 
 # -- the layers of the fast paths ------------------------------------------------------------------------
@@ -349,14 +365,16 @@ def test_factored_window_heads_equal_the_eager_heads():
     inputs = [feat_l, embed, *heads.parameters()]
     upstream = None
     results = []
-    for path in (window_outputs, window.window_outputs):
+    sync_free = functools.partial(window.window_outputs, sync_free=True)
+    for path in (window_outputs, window.window_outputs, sync_free):
         outputs = path(heads, feat_l, embed, embed_step)
         upstream = upstream or [torch.randn_like(out) for out in outputs]
         results.append((outputs, torch.autograd.grad(outputs, inputs, upstream)))
-    (eager_out, eager_grads), (fast_out, fast_grads) = results
-    assert [out.shape for out in fast_out] == [(3, 15, 4), (3, 15, 255), (45, 8, 8, 2)]
-    for fast, eager in zip([*fast_out, *fast_grads], [*eager_out, *eager_grads], strict=True):
-        torch.testing.assert_close(fast, eager, rtol=1e-10, atol=1e-12)
+    (eager_out, eager_grads), *fast_results = results
+    for fast_out, fast_grads in fast_results:
+        assert [out.shape for out in fast_out] == [(3, 15, 4), (3, 15, 255), (45, 8, 8, 2)]
+        for fast, eager in zip([*fast_out, *fast_grads], [*eager_out, *eager_grads], strict=True):
+            torch.testing.assert_close(fast, eager, rtol=1e-10, atol=1e-12)
     # a head of another shape: every head through the eager path
     odd = [torch.nn.Linear(feat_dim + embed_dim, 3).double(), heads[0]]
     fast_odd = window.window_outputs(odd, feat_l, embed, embed_step)
@@ -380,10 +398,22 @@ def test_backend_is_selected_once_and_logged(capsys):
         MAMBA("RSSMPolicy", env, backend="fast", **TINY)
 
 
+def backend_named(name: str) -> Backend:
+    """A backend of :func:`select_backend`, or ``"native-sync-free"``: native as it runs on a GPU."""
+    if name != "native-sync-free":
+        return select_backend(name)
+    return dataclasses.replace(
+        select_backend("native"),
+        observe=functools.partial(posterior_scan.observe, use_c=False, sync_free=True),
+        imagine=functools.partial(imagination.imagine, use_c=False, sync_free=True),
+        window_outputs=functools.partial(window.window_outputs, sync_free=True),
+    )
+
+
 def update_losses_and_grads(model: MAMBA, batch, backend: str):
     """Losses and gradients of one update of a copy of ``model``'s networks on ``batch``."""
     policy = copy.deepcopy(model.policy)
-    kernels = select_backend(backend)
+    kernels = backend_named(backend)
     if kernels.prepare is not None:
         kernels.prepare(policy)
     wm, ac = policy.world_model, policy.actor_critic
@@ -410,7 +440,7 @@ def update_losses_and_grads(model: MAMBA, batch, backend: str):
     return {**wm_metrics, **ac_metrics}, wm_grads, ac_grads
 
 
-@pytest.mark.parametrize("backend", ["native", pytest.param("compile", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend", ["native", "native-sync-free", pytest.param("compile", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("env_id", ["MetaRooms-1-v0", "MetaPointRobot-v0"])  # REINFORCE and dynamics backprop
 def test_a_whole_update_matches_eager(env_id, backend, same_random_draws):
     env = make_vec_env(env_id, n_envs=2, seed=0, env_kwargs={"sub_episode_length": 10})

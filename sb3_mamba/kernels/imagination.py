@@ -172,11 +172,12 @@ def _first_step_per_pair(
 
 
 def _rollout(
-    actor_critic: ActorCritic, rssm: RSSM, start: ImaginationStarts, horizon: int, use_c: bool
+    actor_critic: ActorCritic, rssm: RSSM, start: ImaginationStarts, horizon: int, use_c: bool, sync_free: bool
 ) -> tuple[Tensor, Tensor | list[FactoredInput], Tensor, Tensor]:
     """The actor in the model for ``horizon`` steps: the start features (M, F) (per distinct state),
     the features of steps 1..h ((h, N, F), or a :class:`FactoredInput` per step for discrete
-    actions), the actions (h, N, A) and the actor's outputs at steps 0..h-1 (h, N, out)."""
+    actions), the actions (h, N, A) and the actor's outputs at steps 0..h-1 (h, N, out).
+    ``sync_free``: no step whose shape depends on the data (the first step per pair)."""
     ac = actor_critic
     deter0, stoch0 = start.deter.detach(), start.stoch.detach()
     # (M, F)
@@ -184,7 +185,8 @@ def _rollout(
     actor_out = [start.take(ac.actor(feat0))]
     through_model = torch.is_grad_enabled() and not ac.discrete
     # a discrete first action takes one of A values: the first step once per (start state, action) pair
-    first_step_per_pair = ac.discrete and start.index is not None
+    # (the pairs are found on the host: not sync-free)
+    first_step_per_pair = ac.discrete and start.index is not None and not sync_free
     with torch.set_grad_enabled(through_model):
         # (M, 3D)
         start_proj = project_hidden(rssm.gru, deter0)
@@ -219,17 +221,29 @@ def _rollout(
 
 
 def imagine(
-    actor_critic: ActorCritic, world_model: Any, start: ImaginationStarts, horizon: int, use_c: bool = True
+    actor_critic: ActorCritic,
+    world_model: Any,
+    start: ImaginationStarts,
+    horizon: int,
+    use_c: bool = True,
+    sync_free: bool | None = None,
 ) -> Imagination:
-    """:meth:`ActorCritic.imagine <sb3_mamba.behavior.ActorCritic.imagine>`, the same result faster."""
+    """:meth:`ActorCritic.imagine <sb3_mamba.behavior.ActorCritic.imagine>`, the same result faster.
+
+    :param use_c: allow the C GRU cell.
+    :param sync_free: no shapes that depend on the data, so that a GPU's host never waits for it: per-state
+        work for every start state, not only the drawn ones, and the first discrete step per start, not per
+        (state, action) pair (the same result). None: sync-free on every device but the CPU.
+    """
     ac, two_hot = actor_critic, actor_critic.two_hot
-    if start.index is not None:
+    sync_free = start.deter.device.type != "cpu" if sync_free is None else sync_free
+    if start.index is not None and not sync_free:
         # per-state work only for the states drawn: N draws with replacement from M states hit
         # M * (1 - exp(-N / M)) of them (PRN, H' = 300: ~3,900 of 4,816)
         drawn, index = torch.unique(start.index, return_inverse=True)
         start = ImaginationStarts(start.deter[drawn], start.stoch[drawn], index)
     with frozen(world_model):
-        feat0, feats, actions, actor_out = _rollout(ac, world_model.rssm, start, horizon, use_c)
+        feat0, feats, actions, actor_out = _rollout(ac, world_model.rssm, start, horizon, use_c, sync_free)
     reward_head, continue_head = world_model.reward_head, world_model.continue_head
     # (N, bins), the start's (its input carries no gradient)
     critic0 = start.take(ac.critic(feat0))

@@ -126,6 +126,7 @@ class PosteriorScan(torch.autograd.Function):
         rssm: Any,
         sample: bool,
         use_c: bool,
+        restarts: tuple[bool, ...] | None,
         compute_dtype: torch.dtype,
         embed_proj: Tensor,
         action: Tensor,
@@ -143,7 +144,17 @@ class PosteriorScan(torch.autograd.Function):
                     ctx, rssm, sample, compute_dtype, embed_proj, action, keep, initial_deter, initial_stoch, *weights
                 )
             return PosteriorScan._forward(
-                ctx, rssm, sample, compute_dtype, embed_proj, action, keep, initial_deter, initial_stoch, *weights
+                ctx,
+                rssm,
+                sample,
+                restarts,
+                compute_dtype,
+                embed_proj,
+                action,
+                keep,
+                initial_deter,
+                initial_stoch,
+                *weights,
             )
 
     @staticmethod
@@ -158,6 +169,7 @@ class PosteriorScan(torch.autograd.Function):
         ctx: Any,
         rssm: Any,
         sample: bool,
+        restarts: tuple[bool, ...] | None,
         compute_dtype: torch.dtype,
         embed_proj: Tensor,
         action: Tensor,
@@ -180,7 +192,8 @@ class PosteriorScan(torch.autograd.Function):
         w_gru = gru_mm.weight(w_gru)
         gru_linear = gru_mm.packed(w_gru, B)
         eps_in, eps_gru, eps_post = rssm.img_in[1].eps, rssm.gru.norm.eps, rssm.post_net[0].eps
-        restarts = (~keep).any(1).tolist()  # one host sync: which steps restart some rows
+        if restarts is None:  # not read on the host: blend the initial state in at every step
+            restarts = (True,) * T
         actions = (action * keep.unsqueeze(-1)).unbind(0)  # the action is zero where the state restarts
         embeds = embed_proj.unbind(0)
         # Time-major buffers the layers write into (``out=``): the outputs, and the inputs of the
@@ -402,8 +415,9 @@ def _input_and_weight_grads(
         post_out=mm.weight_grad(d_logits, post_y) if needs.post_out else None,
         post_out_bias=d_logits.sum((0, 1)),
     )
-    # gradients of (rssm, sample, use_c, compute_dtype, embed_proj, action, keep, initial_deter, initial_stoch)
-    return (None, None, None, None, d_post_pre, None, None, d_initial_deter, None, *weight_grads)
+    # gradients of (rssm, sample, use_c, restarts, compute_dtype, embed_proj, action, keep, initial_deter,
+    # initial_stoch)
+    return (None, None, None, None, None, d_post_pre, None, None, d_initial_deter, None, *weight_grads)
 
 
 #: PosteriorScan.apply's arguments before the weights
@@ -411,6 +425,7 @@ _INPUTS_BEFORE_WEIGHTS = (
     "rssm",
     "sample",
     "use_c",
+    "restarts",
     "compute_dtype",
     "embed_proj",
     "action",
@@ -477,11 +492,20 @@ class PosteriorWeights(NamedTuple):
 
 
 def observe(
-    rssm: Any, embed: Tensor, action: Tensor, is_first: Tensor, sample: bool = True, use_c: bool = True
+    rssm: Any,
+    embed: Tensor,
+    action: Tensor,
+    is_first: Tensor,
+    sample: bool = True,
+    use_c: bool = True,
+    sync_free: bool | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """:meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>` from the initial state, through :class:`PosteriorScan`.
 
     :param use_c: run the steps on the C kernels where they apply (else ATen ops).
+    :param sync_free: read no tensor values on the host, so that a GPU's host never waits for it; then
+        the initial state is blended in at every step, not only at the steps where some row restarts
+        (the same result). None: sync-free on every device but the CPU.
     """
     device = embed.device.type
     compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
@@ -489,12 +513,16 @@ def observe(
     # (T, B): False where the state restarts, and at t = 0 (the unroll starts from the initial state)
     keep = ~is_first.T.bool()
     keep[0] = False
+    sync_free = device != "cpu" if sync_free is None else sync_free
+    # the steps where some row restarts (one read on the host)
+    restarts = None if sync_free else tuple((~keep).any(1).tolist())
     # (T, B, hidden): the observation half of the posterior's input layer, all steps at once
     embed_proj = rssm.post_embed(embed).float().transpose(0, 1)
     deter, stoch, logits = PosteriorScan.apply(
         rssm,
         sample,
         use_c,
+        restarts,
         compute_dtype,
         embed_proj,
         action.transpose(0, 1),

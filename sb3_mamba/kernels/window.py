@@ -33,9 +33,16 @@ def split_first_layer(head: nn.Module) -> tuple[nn.Linear, Callable[[Tensor], Te
     return None
 
 
-def window_outputs(heads: Iterable[nn.Module], feat_l: Tensor, embed: Tensor, embed_step: Tensor) -> list[Tensor]:
+def window_outputs(
+    heads: Iterable[nn.Module], feat_l: Tensor, embed: Tensor, embed_step: Tensor, sync_free: bool | None = None
+) -> list[Tensor]:
     """:func:`~sb3_mamba.world_model.window_outputs`: feat_l (B, L, F), embed (B, T, E), embed_step
-    (B, L * W) -> each head's output, the first layers factored and stacked (module docstring)."""
+    (B, L * W) -> each head's output, the first layers factored and stacked (module docstring).
+
+    :param sync_free: no shapes that depend on the data, so that a GPU's host never waits for it: the
+        embedding's half per window entry, not per distinct step (the same result). None: sync-free on
+        every device but the CPU.
+    """
     heads = list(heads)
     splits = [split_first_layer(head) for head in heads]
     if not heads or any(split is None for split in splits):
@@ -47,12 +54,18 @@ def window_outputs(heads: Iterable[nn.Module], feat_l: Tensor, embed: Tensor, em
     embed_weight = torch.cat([first.weight[:, feat_dim:] for first in firsts])  # (O, E)
     # (B, L, O): once per sampled index
     feat_part = F.linear(feat_l, feat_weight)
-    # (D,) the distinct (sequence, step) pairs the windows read, D <= B * L * W
-    drawn, entry_of = torch.unique(
-        embed_step + steps * torch.arange(batch, device=embed.device)[:, None], return_inverse=True
-    )
-    # (B, L * W, O): once per distinct step, then read per window entry
-    embed_part = F.linear(embed.flatten(0, 1)[drawn], embed_weight)[entry_of]
+    # (B, L * W) the (sequence, step) pair of each window entry, as a row of (B * T, E)
+    entry_step = embed_step + steps * torch.arange(batch, device=embed.device)[:, None]
+    if sync_free is None:
+        sync_free = embed.device.type != "cpu"
+    if sync_free:
+        # (B, L * W, O): per window entry
+        embed_part = F.linear(embed.flatten(0, 1)[entry_step], embed_weight)
+    else:
+        # (D,) the distinct pairs the windows read, D <= B * L * W
+        drawn, entry_of = torch.unique(entry_step, return_inverse=True)
+        # (B, L * W, O): once per distinct step, then read per window entry
+        embed_part = F.linear(embed.flatten(0, 1)[drawn], embed_weight)[entry_of]
     # entry j reads sampled index j mod L, as the tiled features do
     hidden = feat_part.repeat(1, window, 1) + embed_part
     outputs = []
