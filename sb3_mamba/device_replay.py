@@ -88,17 +88,18 @@ class DeviceReplay:
         if not self.rings:
             arrays = {**_observation_fields(example["obs"]), **{name: example[name] for name in FIELDS}}
             self.rings = {
-                name: torch.zeros(
-                    (size, *array.shape[1:]), dtype=torch.from_numpy(array[:0]).dtype, device=self.device
-                )
+                name: torch.zeros((size, *array.shape[1:]), dtype=torch.from_numpy(array[:0]).dtype, device=self.device)
                 for name, array in arrays.items()
             }
             return
         # (K,) the kept entries' positions, oldest first
-        kept = torch.cat(
-            [torch.arange(start, start + length, device=self.device) for start, length in self.episodes]
-            or [torch.zeros(0, dtype=torch.long, device=self.device)]
-        ) % self.ring_size
+        kept = (
+            torch.cat(
+                [torch.arange(start, start + length, device=self.device) for start, length in self.episodes]
+                or [torch.zeros(0, dtype=torch.long, device=self.device)]
+            )
+            % self.ring_size
+        )
         grown = {}
         for name, ring in self.rings.items():
             grown[name] = ring.new_zeros((size, *ring.shape[1:]))

@@ -11,7 +11,7 @@ from gymnasium import spaces
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sb3_mamba import MAMBA, NonFiniteLossError
+from sb3_mamba import NonFiniteLossError
 from sb3_mamba.buffers import MetaEpisodeBuffer
 from sb3_mamba.device_replay import DeviceReplay
 from sb3_mamba.mamba import SkipNonFinite
@@ -206,7 +206,7 @@ def test_the_device_replay_gathers_what_the_buffer_gathers(obs_space):
     buffer = MetaEpisodeBuffer(90, obs_space, spaces.Discrete(3))
     replay = DeviceReplay("cpu")
     wrapped = False
-    for round_ in range(40):
+    for _ in range(40):
         for _ in range(rng.integers(1, 4)):
             add_meta_episode(buffer, int(rng.integers(2, 31)), rng)
         replay.update(buffer)

@@ -199,6 +199,16 @@ def test_kernels_that_disagree_with_eager_are_not_used(fresh, monkeypatch):
 
 
 @needs_kernels
+def test_the_kernels_split_rows_over_threads_in_torchs_openmp_runtime():
+    """at::parallel_for is inline OpenMP: built without -fopenmp the library has no parallel region (its rows
+    ran on one thread); built with it, the process still holds one OpenMP runtime, torch's."""
+    native.posterior_scan_library()
+    assert native._LOADED is not None and b"GOMP_parallel" in native._LOADED.read_bytes()
+    runtimes = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
+    assert len(runtimes) == 1
+
+
+@needs_kernels
 def test_the_built_kernels_pass_their_self_check():
     assert native._agrees_with_eager(native.posterior_scan_library().gru_cell)
 

@@ -7,9 +7,10 @@ elementwise work, layer norms and small layers into one call of a custom
 class, ``torch.classes.sb3_mamba.PosteriorScan`` (it holds the unroll's buffers,
 each checked for dtype and shape); the GRU's matmuls stay in torch (oneDNN).
 Its GRU gates also serve imagination: ``torch.ops.sb3_mamba.gru_cell`` and
-``gru_cell_backward`` (rows split with ``at::parallel_for``, so, like every
-parallel ATen op, not in a child forked after its parent ran parallel work:
-GNU OpenMP does not survive such a fork; start such children with "spawn").
+``gru_cell_backward``. These split their rows over torch's threads with ``at::parallel_for``: built with
+``-fopenmp``, the library shares the OpenMP runtime torch loaded (one thread pool), so,
+like every parallel ATen op, not in a child forked after its parent ran parallel work:
+GNU OpenMP does not survive such a fork; start such children with "spawn".
 
 The source is compiled against this torch (include and library paths from
 ``torch.utils.cpp_extension``) on the machine it runs on (``-O3 -march=native``; :func:`compile_flags`),
@@ -45,7 +46,8 @@ SOURCE = Path(__file__).with_name("posterior_scan.cpp")
 #: no -ffast-math: NaNs must survive the kernels so MAMBA's finite checks still see them.
 #: -fno-trapping-math (floating-point exceptions are never read) lets the compiler turn the
 #: exponential's clamps into blends: without it, AVX2 builds left the GRU gates' loop scalar.
-FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-Wno-vla", "-Wno-unused-function")
+#: -fopenmp: at::parallel_for is inline OpenMP code; without it, it runs the rows on one thread.
+FLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wno-vla", "-Wno-unused-function")
 
 
 def compile_flags() -> tuple[str, ...]:
