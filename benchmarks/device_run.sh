@@ -8,9 +8,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-# the fused posterior scan against the autograd step loop on the GPU first (pytest wheels in .whl/)
+# on the GPU first (pytest wheels in .whl/): the fused scan against eager, and an update that never waits
+# for the device (torch.cuda.set_sync_debug_mode("error"))
 if python3 -c "import pytest" 2>/dev/null; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k cuda 2>&1 | tee "$OUT/scan_check_gpu.txt"
+  python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_device_path.py -k "cuda or gpu" 2>&1 \
+    | tee "$OUT/scan_check_gpu.txt"
 else
   echo "pytest not installed: add its wheels (pytest, pluggy, iniconfig, packaging) to .whl/ for the scan check"
 fi
