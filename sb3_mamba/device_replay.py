@@ -62,8 +62,8 @@ class DeviceReplay:
     def update(self, buffer: MetaEpisodeBuffer) -> None:
         """Copy the meta-episodes ``buffer`` stored since the last call; forget those it dropped."""
         if buffer is not self.buffer:  # a new (or loaded) buffer: start over
-            self.buffer, self.rings, self.episodes, self.head, self.copied = buffer, {}, deque(), 0, 0
-            self.copied = buffer.num_episodes_added - len(buffer.episodes)
+            self.buffer, self.rings, self.episodes, self.head = buffer, {}, deque(), 0
+            self.copied = buffer.num_episodes_added - len(buffer.episodes)  # (all it holds is new)
         # stored since the last call and still held (more may have come and gone in between)
         new = min(buffer.num_episodes_added - self.copied, len(buffer.episodes))
         dropped = len(self.episodes) + new - len(buffer.episodes)

@@ -582,10 +582,10 @@ class MAMBA(BaseAlgorithm):
             for key, value in self._update(self._sample(), guard).items():
                 metrics.setdefault(key, []).append(value)
         guard.raise_if_skipped(self)
-        # (one host read for all metrics)
-        means = torch.stack([torch.stack(values).float().mean() for values in metrics.values()]).tolist()
-        for key, mean in zip(metrics, means, strict=True):
-            self.logger.record(f"train/{key}", mean)
+        if metrics:  # (one host read for all of them)
+            means = torch.stack([torch.stack(values).float().mean() for values in metrics.values()]).tolist()
+            for key, mean in zip(metrics, means, strict=True):
+                self.logger.record(f"train/{key}", mean)
         self.logger.record("train/n_updates", self._n_updates)
         self.logger.record("train/wm_horizon", self.wm_horizon())
 

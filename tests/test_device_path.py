@@ -148,6 +148,15 @@ def test_a_non_finite_update_and_every_later_one_are_skipped_then_reported():
     assert {float(s["step"]) for s in model.policy.critic_optimizer.state.values()} == {float(start + 1)}
 
 
+def test_zero_gradient_steps_change_nothing():
+    model = tiny_model(rooms_env())
+    model.learn(60)
+    before, updates = [p.detach().clone() for p in model.policy.parameters()], model._n_updates
+    model.train(0)
+    assert model._n_updates == updates
+    assert all(torch.equal(a, p) for a, p in zip(before, model.policy.parameters(), strict=True))
+
+
 def test_the_guard_only_flags_non_finite_values():
     guard = SkipNonFinite(torch.device("cpu"))
     guard.check("world model", {"loss": torch.tensor(1.0), "norm": torch.tensor(3.0)}, 0)
