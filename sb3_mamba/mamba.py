@@ -8,7 +8,6 @@ posterior states -> :class:`~sb3_mamba.behavior.ActorCritic`.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import pathlib
 import time
@@ -549,9 +548,11 @@ class MAMBA(BaseAlgorithm):
             if self._vec_normalize_env is not None:
                 batch.obs = self._vec_normalize_env.normalize_obs(batch.obs)
                 batch.reward = self._vec_normalize_env.normalize_reward(batch.reward)
-            tensors = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
-            tensors = {k: v if k == "obs" else torch.as_tensor(v, device=self.device) for k, v in tensors.items()}
-            tensors["obs"] = self._obs_to_tensor(tensors["obs"])
+            tensors = {
+                k: torch.as_tensor(getattr(batch, k), device=self.device)
+                for k in ("action", "reward", "terminated", "is_first", "mask")
+            }
+            tensors["obs"] = self._obs_to_tensor(batch.obs)
         tensors["obs"] = self.policy.world_model.preprocess(tensors["obs"])
         return tensors
 

@@ -14,7 +14,6 @@ inputs and random seed, and compared with them:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 
 import numpy as np
@@ -399,15 +398,9 @@ def test_backend_is_selected_once_and_logged(capsys):
 
 
 def backend_named(name: str) -> Backend:
-    """A backend of :func:`select_backend`, or ``"native-sync-free"``: native as it runs on a GPU."""
-    if name != "native-sync-free":
-        return select_backend(name)
-    return dataclasses.replace(
-        select_backend("native"),
-        observe=functools.partial(posterior_scan.observe, use_c=False, sync_free=True),
-        imagine=functools.partial(imagination.imagine, use_c=False, sync_free=True),
-        window_outputs=functools.partial(window.window_outputs, sync_free=True),
-    )
+    """A backend of :func:`select_backend`, or ``"native-sync-free"``: native as it is selected for a GPU
+    (ATen ops, sync-free), run here on CPU tensors."""
+    return select_backend("native", "cuda") if name == "native-sync-free" else select_backend(name)
 
 
 def update_losses_and_grads(model: MAMBA, batch, backend: str):

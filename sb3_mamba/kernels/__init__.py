@@ -96,11 +96,13 @@ def select_backend(
             prepare=layers.pad_wide_heads,
             detail="fused posterior unroll and imagination; measured here: " + choice.describe(),
         )
+    # on a GPU, no shortcut that reads values on the host (the host would wait for the device there)
+    sync_free = device.type != "cpu"
     return Backend(
         "native",
-        observe=posterior_scan.observe,
-        imagine=imagination.imagine,
-        window_outputs=window.window_outputs,
+        observe=functools.partial(posterior_scan.observe, use_c=uses_c, sync_free=sync_free),
+        imagine=functools.partial(imagination.imagine, use_c=uses_c, sync_free=sync_free),
+        window_outputs=functools.partial(window.window_outputs, sync_free=sync_free),
         prepare=layers.pad_wide_heads,
         detail="fused posterior unroll and imagination, " + ("C kernels" if uses_c else "ATen ops (no C kernels)"),
     )

@@ -226,17 +226,17 @@ def imagine(
     start: ImaginationStarts,
     horizon: int,
     use_c: bool = True,
-    sync_free: bool | None = None,
+    sync_free: bool = False,
 ) -> Imagination:
     """:meth:`ActorCritic.imagine <sb3_mamba.behavior.ActorCritic.imagine>`, the same result faster.
 
     :param use_c: allow the C GRU cell.
     :param sync_free: no shapes that depend on the data, so that a GPU's host never waits for it: per-state
         work for every start state, not only the drawn ones, and the first discrete step per start, not per
-        (state, action) pair (the same result). None: sync-free on every device but the CPU.
+        (state, action) pair (the same result). :func:`~sb3_mamba.kernels.select_backend` sets it on every
+        device but the CPU.
     """
     ac, two_hot = actor_critic, actor_critic.two_hot
-    sync_free = start.deter.device.type != "cpu" if sync_free is None else sync_free
     if start.index is not None and not sync_free:
         # per-state work only for the states drawn: N draws with replacement from M states hit
         # M * (1 - exp(-N / M)) of them (PRN, H' = 300: ~3,900 of 4,816)

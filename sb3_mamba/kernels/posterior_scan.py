@@ -498,14 +498,14 @@ def observe(
     is_first: Tensor,
     sample: bool = True,
     use_c: bool = True,
-    sync_free: bool | None = None,
+    sync_free: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """:meth:`RSSM.observe <sb3_mamba.rssm.RSSM.observe>` from the initial state, through :class:`PosteriorScan`.
 
     :param use_c: run the steps on the C kernels where they apply (else ATen ops).
     :param sync_free: read no tensor values on the host, so that a GPU's host never waits for it; then
         the initial state is blended in at every step, not only at the steps where some row restarts
-        (the same result). None: sync-free on every device but the CPU.
+        (the same result). :func:`~sb3_mamba.kernels.select_backend` sets it on every device but the CPU.
     """
     device = embed.device.type
     compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
@@ -513,7 +513,6 @@ def observe(
     # (T, B): False where the state restarts, and at t = 0 (the unroll starts from the initial state)
     keep = ~is_first.T.bool()
     keep[0] = False
-    sync_free = device != "cpu" if sync_free is None else sync_free
     # the steps where some row restarts (one read on the host)
     restarts = None if sync_free else tuple((~keep).any(1).tolist())
     # (T, B, hidden): the observation half of the posterior's input layer, all steps at once

@@ -34,14 +34,14 @@ def split_first_layer(head: nn.Module) -> tuple[nn.Linear, Callable[[Tensor], Te
 
 
 def window_outputs(
-    heads: Iterable[nn.Module], feat_l: Tensor, embed: Tensor, embed_step: Tensor, sync_free: bool | None = None
+    heads: Iterable[nn.Module], feat_l: Tensor, embed: Tensor, embed_step: Tensor, sync_free: bool = False
 ) -> list[Tensor]:
     """:func:`~sb3_mamba.world_model.window_outputs`: feat_l (B, L, F), embed (B, T, E), embed_step
     (B, L * W) -> each head's output, the first layers factored and stacked (module docstring).
 
     :param sync_free: no shapes that depend on the data, so that a GPU's host never waits for it: the
-        embedding's half per window entry, not per distinct step (the same result). None: sync-free on
-        every device but the CPU.
+        embedding's half per window entry, not per distinct step (the same result).
+        :func:`~sb3_mamba.kernels.select_backend` sets it on every device but the CPU.
     """
     heads = list(heads)
     splits = [split_first_layer(head) for head in heads]
@@ -56,8 +56,6 @@ def window_outputs(
     feat_part = F.linear(feat_l, feat_weight)
     # (B, L * W) the (sequence, step) pair of each window entry, as a row of (B * T, E)
     entry_step = embed_step + steps * torch.arange(batch, device=embed.device)[:, None]
-    if sync_free is None:
-        sync_free = embed.device.type != "cpu"
     if sync_free:
         # (B, L * W, O): per window entry
         embed_part = F.linear(embed.flatten(0, 1)[entry_step], embed_weight)
